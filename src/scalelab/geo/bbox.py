@@ -47,7 +47,9 @@ def circle_boxes(lat: float, lon: float, radius_m: float) -> list[Box]:
     the flat-Earth approximation, so the boxes are tight and never miss a point.
     """
     d = radius_m / EARTH_RADIUS_M
-    d_deg = math.degrees(d)
+    # A hair of slack, as for dlon below: lat -/+ d_deg rounds, and without it a point on the
+    # circle due north or south that haversine puts within the radius can fall 1 ulp outside.
+    d_deg = math.degrees(d) * (1 + 1e-9) + 1e-12
     south = lat - d_deg
     north = lat + d_deg
     if north >= 90.0 or south <= -90.0 or d >= math.pi / 2:

@@ -55,6 +55,13 @@ def _indexes(lat: float, lon: float, precision: int) -> tuple[int, int]:
     cols = 1 << lon_bits
     lat_i = min(int((lat + 90.0) / 180.0 * rows), rows - 1)
     lon_i = min(int((lon + 180.0) / 360.0 * cols), cols - 1)
+    # The sum and division round, and can lift a point lying just below a cell edge (e.g. lat
+    # -1e-17) into the cell above. Cell edges are exact floats, so compare against them and step
+    # back: the result is then the bisection answer and decode(encode(p)).box contains p.
+    if lat_i > 0 and -90.0 + lat_i * (180.0 / rows) > lat:
+        lat_i -= 1
+    if lon_i > 0 and -180.0 + lon_i * (360.0 / cols) > lon:
+        lon_i -= 1
     return lat_i, lon_i
 
 
@@ -114,9 +121,15 @@ def neighbours(geohash: str) -> dict[str, str]:
     rows, cols = 1 << lat_bits, 1 << lon_bits
     out: dict[str, str] = {}
     for name, dlat, dlon in (
-        ("n", 1, 0), ("ne", 1, 1), ("e", 0, 1), ("se", -1, 1),
-        ("s", -1, 0), ("sw", -1, -1), ("w", 0, -1), ("nw", 1, -1),
-    ):  # fmt: skip
+        ("n", 1, 0),
+        ("ne", 1, 1),
+        ("e", 0, 1),
+        ("se", -1, 1),
+        ("s", -1, 0),
+        ("sw", -1, -1),
+        ("w", 0, -1),
+        ("nw", 1, -1),
+    ):
         r = lat_i + dlat
         if not 0 <= r < rows:
             continue
@@ -124,10 +137,21 @@ def neighbours(geohash: str) -> dict[str, str]:
     return out
 
 
-def cover_box(box: Box, precision: int) -> list[str]:
-    """Every cell of the given precision that intersects the (non-wrapping) box."""
+def _box_range(box: Box, precision: int) -> tuple[int, int, int, int]:
     s_i, w_i = _indexes(max(box.south, -90.0), max(box.west, -180.0), precision)
     n_i, e_i = _indexes(min(box.north, 90.0), min(box.east, 180.0), precision)
+    return s_i, w_i, n_i, e_i
+
+
+def cover_box_size(box: Box, precision: int) -> int:
+    """How many cells `cover_box` would return, without building them."""
+    s_i, w_i, n_i, e_i = _box_range(box, precision)
+    return (n_i - s_i + 1) * (e_i - w_i + 1)
+
+
+def cover_box(box: Box, precision: int) -> list[str]:
+    """Every cell of the given precision that intersects the (non-wrapping) box."""
+    s_i, w_i, n_i, e_i = _box_range(box, precision)
     return [
         _from_indexes(r, c, precision) for r in range(s_i, n_i + 1) for c in range(w_i, e_i + 1)
     ]

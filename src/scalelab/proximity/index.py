@@ -29,9 +29,7 @@ class Candidates:
 
     @staticmethod
     def empty() -> Candidates:
-        return Candidates(
-            np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64)
-        )
+        return Candidates(np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64))
 
     @staticmethod
     def concat(parts: list[Candidates]) -> Candidates:
@@ -61,6 +59,7 @@ class GeoIndex(Protocol):
     """A spatial index over (business_id, latitude, longitude) points."""
 
     kind: str
+    in_memory: bool  # False when the index lives in the database and needs no start-up build
 
     def load(self, points: Iterable[tuple[int, float, float]]) -> None:
         """Bulk build from every point (start-up); replaces what was there."""
@@ -68,7 +67,9 @@ class GeoIndex(Protocol):
 
     def upsert(self, business_id: int, lat: float, lon: float) -> None: ...
 
-    def remove(self, business_id: int) -> None: ...
+    def remove(self, business_id: int, lat: float, lon: float) -> None:
+        """Forget a point; (lat, lon) is where it was, which a persistent index needs."""
+        ...
 
     def candidates(self, lat: float, lon: float, radius_m: float) -> Candidates:
         """A superset of the points within radius_m of (lat, lon); may contain duplicates
@@ -84,11 +85,13 @@ class Hit:
     distance_m: float
 
 
-def search(index: GeoIndex, lat: float, lon: float, radius_m: float) -> list[Hit]:
-    """Every point within radius_m, nearest first (ties by id), with its true distance."""
+def search_arrays(
+    index: GeoIndex, lat: float, lon: float, radius_m: float
+) -> tuple[IdArray, FloatArray]:
+    """(ids, distances) of every point within radius_m, nearest first, ties by id."""
     cand = index.candidates(lat, lon, radius_m)
     if cand.ids.size == 0:
-        return []
+        return np.empty(0, np.int64), np.empty(0, np.float64)
     dist = haversine_m_np(lat, lon, cand.lats, cand.lons)
     keep = dist <= radius_m
     ids = cand.ids[keep]
@@ -101,6 +104,12 @@ def search(index: GeoIndex, lat: float, lon: float, radius_m: float) -> list[Hit
         first_idx.sort()
         ids = ids[first_idx]
         dist = dist[first_idx]
+    return ids, dist
+
+
+def search(index: GeoIndex, lat: float, lon: float, radius_m: float) -> list[Hit]:
+    """Every point within radius_m, nearest first (ties by id), with its true distance."""
+    ids, dist = search_arrays(index, lat, lon, radius_m)
     return [Hit(int(i), float(d)) for i, d in zip(ids.tolist(), dist.tolist(), strict=True)]
 
 
@@ -119,6 +128,7 @@ def brute_force(
 
 class _Everything:
     kind = "everything"
+    in_memory = True
 
     def __init__(self, cand: Candidates) -> None:
         self._cand = cand
@@ -129,7 +139,7 @@ class _Everything:
     def upsert(self, business_id: int, lat: float, lon: float) -> None:
         raise TypeError("read-only")
 
-    def remove(self, business_id: int) -> None:
+    def remove(self, business_id: int, lat: float, lon: float) -> None:
         raise TypeError("read-only")
 
     def candidates(self, lat: float, lon: float, radius_m: float) -> Candidates:

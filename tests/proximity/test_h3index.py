@@ -1,0 +1,299 @@
+"""The H3 index proposes every point within the radius: its search equals brute force.
+
+Besides clusters, points on the circle, the poles and the antimeridian, queries sit on H3 cell
+vertices and next to the twelve pentagons, and `cover` is checked directly at every resolution
+from 0 to 10, where one covering spans thousands of kilometres or a few metres.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3.api.basic_int as h3i
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scalelab.geo import destination, haversine_m
+from scalelab.proximity.h3index import DEFAULT_RESOLUTIONS, H3Index, cover
+from scalelab.proximity.index import GeoIndex, brute_force, search
+
+Point = tuple[int, float, float]
+Query = tuple[float, float, float]
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- strategies -------------------------------------------------------------------------------
+
+lats = st.floats(-90.0, 90.0, allow_nan=False)
+lons = st.floats(-180.0, 180.0, allow_nan=False)
+radii = st.one_of(st.sampled_from([1.0, 20_000.0]), st.floats(1.0, 20_000.0))
+bearings = st.floats(0.0, 360.0)
+
+
+def nudge(x: float, ulps: int) -> float:
+    for _ in range(abs(ulps)):
+        x = math.nextafter(x, math.inf if ulps > 0 else -math.inf)
+    return x
+
+
+def clamp(lat: float, lon: float) -> tuple[float, float]:
+    return min(90.0, max(-90.0, lat)), min(180.0, max(-180.0, lon))
+
+
+@st.composite
+def near_pentagon(draw: st.DrawFn, resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS) -> Query:
+    """A point within a few cells of one of the twelve pentagons at one of the resolutions."""
+    res = draw(st.sampled_from(resolutions))
+    pentagon = draw(st.sampled_from(sorted(h3i.get_pentagons(res))))
+    plat, plon = h3i.cell_to_latlng(pentagon)
+    dist = draw(st.floats(0.0, 4 * h3i.average_hexagon_edge_length(res, "m")))
+    lat, lon = destination(plat, plon, draw(bearings), dist)
+    return lat, lon, float(res)
+
+
+@st.composite
+def cell_vertex(draw: st.DrawFn) -> tuple[float, float]:
+    """A vertex of the H3 cell (at an indexed resolution) around a random point."""
+    res = draw(st.sampled_from(DEFAULT_RESOLUTIONS))
+    cell = h3i.latlng_to_cell(draw(lats), draw(lons), res)
+    lat, lon = draw(st.sampled_from(h3i.cell_to_boundary(cell)))
+    return clamp(lat, lon)
+
+
+centres = st.one_of(
+    st.tuples(lats, lons),
+    st.tuples(lats, st.sampled_from([-180.0, 180.0])),
+    st.tuples(lats, st.floats(179.9, 180.0) | st.floats(-180.0, -179.9)),
+    st.tuples(st.floats(89.8, 90.0) | st.floats(-90.0, -89.8), lons),
+    st.tuples(st.sampled_from([-90.0, 90.0]), lons),
+    near_pentagon().map(lambda q: (q[0], q[1])),
+    cell_vertex(),
+)
+
+
+@st.composite
+def points_around(draw: st.DrawFn, centre: tuple[float, float], radius: float) -> list[Point]:
+    """Points near, on and beyond the circle, plus far, polar, antimeridian and stacked ones."""
+    clat, clon = centre
+    coords: list[tuple[float, float]] = []
+    for _ in range(draw(st.integers(0, 60))):  # a cluster straddling the circle
+        coords.append(destination(clat, clon, draw(bearings), draw(st.floats(0.0, 2.5 * radius))))
+    for _ in range(draw(st.integers(0, 12))):  # on the circle, give or take a few ulps
+        bearing = draw(st.sampled_from([0.0, 90.0, 180.0, 270.0]) | bearings)
+        plat, plon = destination(clat, clon, bearing, radius)
+        coords.append(
+            clamp(nudge(plat, draw(st.integers(-2, 2))), nudge(plon, draw(st.integers(-2, 2))))
+        )
+    for _ in range(draw(st.integers(0, 8))):  # anywhere
+        coords.append((draw(lats), draw(lons)))
+    for _ in range(draw(st.integers(0, 6))):  # within 30 km of a pole
+        pole = draw(st.sampled_from([-90.0, 90.0]))
+        coords.append(destination(pole, 0.0, draw(bearings), draw(st.floats(0, 3e4))))
+    for _ in range(draw(st.integers(0, 6))):  # at or near the antimeridian
+        lon = draw(st.sampled_from([-180.0, 180.0]) | st.floats(179.99, 180.0))
+        east: bool = draw(st.booleans())
+        coords.append((draw(lats), lon if east else -lon))
+    if draw(st.booleans()):  # many identical coordinates
+        reuse: bool = draw(st.booleans())
+        here = coords[0] if coords and reuse else (draw(lats), draw(lons))
+        coords.extend([here] * draw(st.integers(2, 40)))
+    ids = draw(st.permutations(range(len(coords))))
+    return [(int(i) * 7 - 50, la, lo) for i, (la, lo) in zip(ids, coords, strict=True)]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[Point], list[Query]]:
+    centre = draw(centres)
+    radius = draw(radii)
+    points = draw(points_around(centre, radius))
+    queries = [(centre[0], centre[1], radius)]
+    for _ in range(draw(st.integers(0, 3))):
+        near_a_point: bool = draw(st.booleans())
+        if points and near_a_point:
+            _, la, lo = draw(st.sampled_from(points))
+        else:
+            la, lo = draw(centres)
+        queries.append((la, lo, draw(radii)))
+    return points, queries
+
+
+def assert_matches(index: GeoIndex, points: list[Point], queries: list[Query]) -> None:
+    for lat, lon, radius in queries:
+        assert search(index, lat, lon, radius) == brute_force(points, lat, lon, radius), (
+            lat,
+            lon,
+            radius,
+        )
+
+
+def no_duplicates(index: H3Index, queries: list[Query]) -> None:
+    for lat, lon, radius in queries:
+        ids = index.candidates(lat, lon, radius).ids.tolist()
+        assert len(ids) == len(set(ids))
+
+
+# -- properties -------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(scenarios())
+def test_search_equals_brute_force(scenario: tuple[list[Point], list[Query]]) -> None:
+    points, queries = scenario
+    index = H3Index()
+    index.load(points)
+    assert index.stats().size == len(points)
+    assert_matches(index, points, queries)
+    no_duplicates(index, queries)
+
+
+@SETTINGS
+@given(scenarios(), st.data())
+def test_upsert_move_and_remove_then_search(
+    scenario: tuple[list[Point], list[Query]], data: st.DataObject
+) -> None:
+    points, queries = scenario
+    index = H3Index()
+    half = len(points) // 2
+    index.load(points[:half])
+    for p in points[half:]:  # inserts after the bulk load
+        index.upsert(*p)
+    model = {p[0]: (p[1], p[2]) for p in points}
+    if points:
+        ids = list(model)
+        for business_id in data.draw(st.lists(st.sampled_from(ids), max_size=10)):
+            lat, lon = data.draw(st.sampled_from(points))[1:]
+            lat, lon = data.draw(st.sampled_from([(lat, lon), (-lat, -lon)]))
+            index.upsert(business_id, lat, lon)
+            model[business_id] = (lat, lon)
+        for business_id in data.draw(st.lists(st.sampled_from(ids), max_size=len(ids))):
+            index.remove(business_id)
+            model.pop(business_id, None)
+    index.remove(10**12)  # absent: no-op
+    current = [(i, la, lo) for i, (la, lo) in model.items()]
+    assert len(index) == len(current) == index.stats().size
+    assert sorted(index.points()) == sorted(current)
+    assert_matches(index, current, queries)
+    no_duplicates(index, queries)
+
+
+@st.composite
+def cover_cases(draw: st.DrawFn) -> tuple[float, float, float, int]:
+    """A query at any resolution 0..10, with a radius of up to four cell edges there."""
+    res = draw(st.integers(0, 10))
+    edge = h3i.average_hexagon_edge_length(res, "m")
+    radius = draw(st.floats(1.0, 4 * edge))
+    kind = draw(st.sampled_from(["anywhere", "pentagon", "pole", "antimeridian"]))
+    if kind == "pentagon":
+        lat, lon, _ = draw(near_pentagon((res,)))
+    elif kind == "pole":
+        lat, lon = draw(st.sampled_from([-90.0, 90.0])), draw(lons)
+        lat, lon = destination(lat, lon, draw(bearings), draw(st.floats(0.0, 2 * radius)))
+    elif kind == "antimeridian":
+        lat, lon = draw(lats), draw(st.sampled_from([-180.0, 180.0]))
+        lat, lon = destination(lat, lon, draw(bearings), draw(st.floats(0.0, 2 * radius)))
+    else:
+        lat, lon = draw(lats), draw(lons)
+    return lat, lon, radius, res
+
+
+@settings(max_examples=150, deadline=None)
+@given(cover_cases(), st.data())
+def test_cover_holds_the_cell_of_every_point_within_the_radius(
+    case: tuple[float, float, float, int], data: st.DataObject
+) -> None:
+    lat, lon, radius, res = case
+    cells = set(cover(lat, lon, radius, res))
+    for _ in range(40):
+        bearing = data.draw(bearings)
+        dist = data.draw(st.sampled_from([radius, radius * (1 - 1e-12)]) | st.floats(0, radius))
+        plat, plon = destination(lat, lon, bearing, dist)
+        if haversine_m(lat, lon, plat, plon) <= radius:
+            assert h3i.latlng_to_cell(plat, plon, res) in cells, (plat, plon)
+
+
+@settings(max_examples=60, deadline=None)
+@given(near_pentagon(), radii)
+def test_search_next_to_pentagons(query: Query, radius: float) -> None:
+    lat, lon, _ = query
+    points = [
+        (i, *destination(lat, lon, 360.0 * i / 97, radius * (0.5 + (i % 7) / 6))) for i in range(97)
+    ]
+    index = H3Index()
+    index.load(points)
+    assert_matches(index, points, [(lat, lon, radius)])
+
+
+# -- examples ---------------------------------------------------------------------------------
+
+
+def test_resolution_follows_the_radius() -> None:
+    index = H3Index()
+    assert [index.resolution_for(r) for r in (1.0, 500.0, 2_000.0, 5_000.0, 20_000.0)] == [
+        8,
+        8,
+        8,
+        7,
+        5,
+    ]
+    assert H3Index(resolutions=(9,)).resolution_for(20_000.0) == 9
+
+
+def test_every_resolution_gives_the_same_answer() -> None:
+    points = [
+        (i, *destination(-33.87, 151.21, (i * 37.0) % 360.0, (i * 211.0) % 9_000.0))
+        for i in range(400)
+    ]
+    expected = brute_force(points, -33.87, 151.21, 4_000.0)
+    assert len(expected) > 50
+    for res in (4, 6, 9):
+        index = H3Index(resolutions=(res,))
+        index.load(points)
+        assert search(index, -33.87, 151.21, 4_000.0) == expected
+
+
+def test_load_replaces_and_last_duplicate_wins() -> None:
+    index = H3Index()
+    index.load([(1, 10.0, 10.0), (2, 10.0, 10.001)])
+    index.load([(3, 0.0, 0.0), (3, 0.0, 0.001), (4, 0.0, 0.002)])
+    assert len(index) == 2
+    assert [h.business_id for h in search(index, 0.0, 0.0, 1_000.0)] == [3, 4]
+    assert search(index, 10.0, 10.0, 1_000.0) == []
+
+
+def test_rejects_bad_input() -> None:
+    index = H3Index()
+    for lat, lon in [(90.5, 0.0), (0.0, 180.5), (math.nan, 0.0)]:
+        with pytest.raises(ValueError):
+            index.upsert(1, lat, lon)
+    with pytest.raises(ValueError):
+        H3Index(resolutions=(16,))
+    assert len(index) == 0
+
+
+def test_remove_drops_empty_buckets() -> None:
+    index = H3Index()
+    index.upsert(1, 51.5, -0.12)
+    index.upsert(2, 51.5, -0.12)
+    index.upsert(1, 40.7, -74.0)  # move
+    assert [h.business_id for h in search(index, 51.5, -0.12, 10.0)] == [2]
+    assert [h.business_id for h in search(index, 40.7, -74.0, 10.0)] == [1]
+    index.remove(1)
+    index.remove(2)
+    assert len(index) == 0
+    assert all(v == 0 for v in index.stats().extra.values())
+
+
+def test_stats_reports_build_and_memory() -> None:
+    index = H3Index()
+    index.load((i, (i % 170) - 85.0, (i % 350) - 175.0) for i in range(3_000))
+    stats = index.stats()
+    assert stats.kind == "h3" and stats.size == 3_000
+    assert stats.build_seconds > 0
+    assert stats.memory_bytes > 3 * 3_000 * 24  # a copy of the columns per resolution
+    assert set(stats.extra) == {f"cells_res{r}" for r in DEFAULT_RESOLUTIONS}
+
+
+def test_is_a_geo_index() -> None:
+    index: GeoIndex = H3Index()
+    assert index.kind == "h3"
