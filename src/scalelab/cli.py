@@ -66,9 +66,10 @@ def serve(system: str, host: str | None, port: int | None, demo: bool, data: Pat
         raise click.ClickException(str(exc)) from None
 
     def announce(url: str, extra: dict[str, str]) -> None:
-        click.echo(f"{info.name} listening on {url}")
+        # Extras first, the address last: `up` reads that line as "ready".
         for key, value in extra.items():
             click.echo(f"  {key}: {value}")
+        click.echo(f"{info.name} listening on {url}")
         sys.stdout.flush()
 
     try:
@@ -86,20 +87,19 @@ class _Child:
     ready: threading.Event = field(default_factory=threading.Event)
 
     def pump(self) -> None:
-        """Forward the child's output, noting its address and extra lines as they appear."""
+        """Forward the child's output, noting its extra lines and then its address."""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             line = line.rstrip("\n")
             match = _READY.match(line)
-            if match and self.url is None:
+            if self.url is None and match:
                 self.url = match.group("url")
-            elif self.url is not None and not self.ready.is_set() and line.startswith("  "):
+                self.ready.set()
+            elif self.url is None and line.startswith("  ") and ": " in line:
                 key, _, value = line.strip().partition(": ")
                 self.extra[key] = value
-            elif self.url is not None:
-                self.ready.set()
-            if self.url is None or self.ready.is_set():
-                console.print(f"[dim]{self.info.name}[/] | {line}", markup=True, soft_wrap=True)
+            else:
+                console.print(f"{self.info.name} | {line}", markup=False, soft_wrap=True)
         self.ready.set()
 
 
@@ -222,8 +222,9 @@ def settings(system: str) -> None:
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"{info.name} settings")
-    for col in ("environment variable", "default", "meaning"):
-        table.add_column(col)
+    table.add_column("environment variable", no_wrap=True)
+    table.add_column("default")
+    table.add_column("meaning")
     for row in cls.describe():
         table.add_row(*row)
     console.print(table)

@@ -9,11 +9,13 @@ one client blow up the series count).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -217,6 +219,29 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGINT/SIGTERM only ask it to exit.
+
+    Stock uvicorn re-raises the captured signal after shutdown, which asyncio.run turns into a
+    KeyboardInterrupt and a logged CancelledError; a clean Ctrl-C should print nothing.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+
 class HTTPServer:
     """uvicorn serving one ASGI app on a socket bound up front."""
 
@@ -228,7 +253,7 @@ class HTTPServer:
         config = uvicorn.Config(
             app, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=5
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
 
     @property
     def started(self) -> bool:

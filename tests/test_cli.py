@@ -1,0 +1,169 @@
+"""The CLI: help everywhere (CliRunner), and `up` / `serve` as real process trees."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from scalelab.cli import main
+from scalelab.systems import SYSTEMS
+
+
+@pytest.mark.parametrize("args", [[], ["serve"], ["up"], ["bench"], ["settings"], ["systems"]])
+def test_help_everywhere(args: list[str]) -> None:
+    result = CliRunner().invoke(main, [*args, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_systems_table_lists_all_nine() -> None:
+    result = CliRunner().invoke(main, ["systems"])
+    assert result.exit_code == 0
+    for s in SYSTEMS:
+        assert s.cli_name in result.output
+
+
+def test_settings_show_environment_names() -> None:
+    result = CliRunner().invoke(main, ["settings", "proximity"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "SCALELAB_PROXIMITY_DATABASE_URL" in result.output and "SCALELAB_DATA" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["serve", "nosuch"], "unknown system"),
+        (["serve", "message-queue"], "not implemented"),
+        (["settings", "hotel"], "not implemented"),
+        (["bench", "bogus"], "unknown system"),
+    ],
+)
+def test_clear_errors(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_bad_setting_in_environment_is_reported() -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "proximity"], env={"SCALELAB_PROXIMITY_INDEX_REFRESH_SECONDS": "soon"}
+    )
+    assert result.exit_code != 0
+    assert "SCALELAB_PROXIMITY_INDEX_REFRESH_SECONDS" in result.output
+
+
+class Lines:
+    """Collects a child's output lines in a thread so the test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if m := re.search(pattern, line):
+                    return m
+            if self._proc.poll() is not None and not self._thread.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not seen in:\n{''.join(self.lines)}")
+
+    def close(self) -> None:
+        self._thread.join(10)
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+
+
+def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], Lines]:
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "SCALELAB_DATA": str(tmp_path),
+        "SCALELAB_PROXIMITY_PORT": "0",
+        "SCALELAB_CONSOLE_PORT": "0",
+        "SCALELAB_PROXIMITY_DEMO_BUSINESSES": "500",
+        "COLUMNS": "200",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scalelab", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, Lines(proc)
+
+
+def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc, out = _start(["up", "--demo"], tmp_path)
+    try:
+        out.wait_for("Press Ctrl-C")
+        text = "".join(out.lines)
+        prox = re.search(r"proximity\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        cons = re.search(r"console\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        assert prox and cons, text
+        assert "dev API key" in text
+        r = httpx.get(
+            f"{prox.group(1)}/v1/search/nearby",
+            params={"latitude": 37.7749, "longitude": -122.4194, "radius": 20000},
+        )
+        assert r.status_code == 200 and r.json()["total"] > 0
+        systems = httpx.get(f"{cons.group(1)}/api/systems").json()["systems"]
+        assert {s["system"]: s["status"] for s in systems}["proximity"] == "healthy"
+        assert prox.group(1) in httpx.get(cons.group(1)).text
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        child_pids = [int(p) for p in children.stdout.split()]
+        assert child_pids
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    tail = "".join(out.lines)
+    assert "stopped" in tail and "Traceback" not in tail
+    for pid in child_pids:  # the process tree is gone, not orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_serve_port_zero_prints_address_and_stops_cleanly(tmp_path: Path) -> None:
+    proc, out = _start(["serve", "proximity", "--port", "0"], tmp_path)
+    try:
+        url = out.wait_for(r"proximity listening on (http://127\.0\.0\.1:(\d+))")
+        assert int(url.group(2)) > 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url.group(1)}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("never healthy")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    assert "Traceback" not in "".join(out.lines)
