@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -91,7 +93,9 @@ class Lines:
         self._proc.stdout.close()
 
 
-def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], Lines]:
+@contextlib.contextmanager
+def running(args: list[str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    """`python -m scalelab ARGS` on free ports; killed afterwards if the test did not stop it."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -108,12 +112,18 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], Line
         stderr=subprocess.STDOUT,
         text=True,
     )
-    return proc, Lines(proc)
+    out = Lines(proc)
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
 
 
 def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) -> None:
-    proc, out = _start(["up", "--demo"], tmp_path)
-    try:
+    with running(["up", "--demo"], tmp_path) as (proc, out):
         out.wait_for("Press Ctrl-C")
         text = "".join(out.lines)
         prox = re.search(r"proximity\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
@@ -124,30 +134,24 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
             f"{prox.group(1)}/v1/search/nearby",
             params={"latitude": 37.7749, "longitude": -122.4194, "radius": 20000},
         )
-        assert r.status_code == 200 and r.json()["total"] > 0
-        systems = httpx.get(f"{cons.group(1)}/api/systems").json()["systems"]
-        assert {s["system"]: s["status"] for s in systems}["proximity"] == "healthy"
+        assert r.status_code == 200 and r.json()["total"] > 0, r.text
+        systems = httpx.get(f"{cons.group(1)}/api/systems", timeout=30).json()["systems"]
+        assert {s["system"]: s["status"] for s in systems}["proximity"] == "healthy", systems
         assert prox.group(1) in httpx.get(cons.group(1)).text
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         child_pids = [int(p) for p in children.stdout.split()]
         assert child_pids
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
+        assert proc.wait(30) == 0, "".join(out.lines)
     tail = "".join(out.lines)
-    assert "stopped" in tail and "Traceback" not in tail
+    assert "stopped" in tail and "Traceback" not in tail, tail
     for pid in child_pids:  # the process tree is gone, not orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
 
 def test_serve_port_zero_prints_address_and_stops_cleanly(tmp_path: Path) -> None:
-    proc, out = _start(["serve", "proximity", "--port", "0"], tmp_path)
-    try:
+    with running(["serve", "proximity", "--port", "0"], tmp_path) as (proc, out):
         url = out.wait_for(r"proximity listening on (http://127\.0\.0\.1:(\d+))")
         assert int(url.group(2)) > 0
         deadline = time.monotonic() + 30
@@ -161,9 +165,4 @@ def test_serve_port_zero_prints_address_and_stops_cleanly(tmp_path: Path) -> Non
             raise AssertionError("never healthy")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.close()
     assert "Traceback" not in "".join(out.lines)

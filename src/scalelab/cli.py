@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -59,6 +60,9 @@ def main() -> None:
 def serve(system: str, host: str | None, port: int | None, demo: bool, data: Path | None) -> None:
     """Run one SYSTEM in the foreground (proximity, message-queue, objectstore, ...)."""
     info = _system(system)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         server = info.server()
         settings = server.SETTINGS.from_env(host=host, port=port, data=data)

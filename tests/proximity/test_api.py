@@ -190,3 +190,14 @@ def test_metrics_count_requests_per_route(start_api: Callable[..., Api]) -> None
     assert 'http_requests_total{method="GET",route="/v1/search/nearby",status="200"} 1.0' in text
     assert 'route="/v1/businesses/{business_id}",status="404"' in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("kind", ["quadtree", "h3"])
+def test_health_reports_in_memory_index_build(start_api: Callable[..., Api], kind: str) -> None:
+    first = start_api(index=kind)
+    for i in range(5):
+        first.create(name=f"b{i}", latitude=1.0, longitude=1.0 + i / 100)
+    again = start_api(index=kind)  # builds its index from the database at start-up
+    health = again.http.get("/healthz").json()
+    assert health["index"] == kind and health["size"] == 5
+    assert health["build_seconds"] >= 0 and health["memory_bytes"] > 0

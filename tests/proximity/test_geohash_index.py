@@ -19,8 +19,8 @@ from scalelab.proximity.store import BusinessStore
 from scalelab.storage import sql
 from scalelab.storage.kv import MemoryKV
 
-lats = st.floats(-90, 90, allow_nan=False)
-lons = st.floats(-180, 180, allow_nan=False)
+from .geo_strategies import lats, lons
+
 radii = st.floats(1, 20_000, allow_nan=False)
 
 

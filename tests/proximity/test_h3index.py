@@ -18,27 +18,24 @@ from scalelab.geo import destination, haversine_m
 from scalelab.proximity.h3index import DEFAULT_RESOLUTIONS, H3Index, cover
 from scalelab.proximity.index import GeoIndex, brute_force, search
 
-Point = tuple[int, float, float]
-Query = tuple[float, float, float]
+from .geo_strategies import (
+    Query,
+    Scenario,
+    assert_matches,
+    bearings,
+    centres_with,
+    check_load_then_search,
+    check_upsert_move_and_remove,
+    clamp,
+    lats,
+    lons,
+    radii,
+    scenarios,
+)
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies -------------------------------------------------------------------------------
-
-lats = st.floats(-90.0, 90.0, allow_nan=False)
-lons = st.floats(-180.0, 180.0, allow_nan=False)
-radii = st.one_of(st.sampled_from([1.0, 20_000.0]), st.floats(1.0, 20_000.0))
-bearings = st.floats(0.0, 360.0)
-
-
-def nudge(x: float, ulps: int) -> float:
-    for _ in range(abs(ulps)):
-        x = math.nextafter(x, math.inf if ulps > 0 else -math.inf)
-    return x
-
-
-def clamp(lat: float, lon: float) -> tuple[float, float]:
-    return min(90.0, max(-90.0, lat)), min(180.0, max(-180.0, lon))
 
 
 @st.composite
@@ -61,120 +58,22 @@ def cell_vertex(draw: st.DrawFn) -> tuple[float, float]:
     return clamp(lat, lon)
 
 
-centres = st.one_of(
-    st.tuples(lats, lons),
-    st.tuples(lats, st.sampled_from([-180.0, 180.0])),
-    st.tuples(lats, st.floats(179.9, 180.0) | st.floats(-180.0, -179.9)),
-    st.tuples(st.floats(89.8, 90.0) | st.floats(-90.0, -89.8), lons),
-    st.tuples(st.sampled_from([-90.0, 90.0]), lons),
-    near_pentagon().map(lambda q: (q[0], q[1])),
-    cell_vertex(),
-)
-
-
-@st.composite
-def points_around(draw: st.DrawFn, centre: tuple[float, float], radius: float) -> list[Point]:
-    """Points near, on and beyond the circle, plus far, polar, antimeridian and stacked ones."""
-    clat, clon = centre
-    coords: list[tuple[float, float]] = []
-    for _ in range(draw(st.integers(0, 60))):  # a cluster straddling the circle
-        coords.append(destination(clat, clon, draw(bearings), draw(st.floats(0.0, 2.5 * radius))))
-    for _ in range(draw(st.integers(0, 12))):  # on the circle, give or take a few ulps
-        bearing = draw(st.sampled_from([0.0, 90.0, 180.0, 270.0]) | bearings)
-        plat, plon = destination(clat, clon, bearing, radius)
-        coords.append(
-            clamp(nudge(plat, draw(st.integers(-2, 2))), nudge(plon, draw(st.integers(-2, 2))))
-        )
-    for _ in range(draw(st.integers(0, 8))):  # anywhere
-        coords.append((draw(lats), draw(lons)))
-    for _ in range(draw(st.integers(0, 6))):  # within 30 km of a pole
-        pole = draw(st.sampled_from([-90.0, 90.0]))
-        coords.append(destination(pole, 0.0, draw(bearings), draw(st.floats(0, 3e4))))
-    for _ in range(draw(st.integers(0, 6))):  # at or near the antimeridian
-        lon = draw(st.sampled_from([-180.0, 180.0]) | st.floats(179.99, 180.0))
-        east: bool = draw(st.booleans())
-        coords.append((draw(lats), lon if east else -lon))
-    if draw(st.booleans()):  # many identical coordinates
-        reuse: bool = draw(st.booleans())
-        here = coords[0] if coords and reuse else (draw(lats), draw(lons))
-        coords.extend([here] * draw(st.integers(2, 40)))
-    ids = draw(st.permutations(range(len(coords))))
-    return [(int(i) * 7 - 50, la, lo) for i, (la, lo) in zip(ids, coords, strict=True)]
-
-
-@st.composite
-def scenarios(draw: st.DrawFn) -> tuple[list[Point], list[Query]]:
-    centre = draw(centres)
-    radius = draw(radii)
-    points = draw(points_around(centre, radius))
-    queries = [(centre[0], centre[1], radius)]
-    for _ in range(draw(st.integers(0, 3))):
-        near_a_point: bool = draw(st.booleans())
-        if points and near_a_point:
-            _, la, lo = draw(st.sampled_from(points))
-        else:
-            la, lo = draw(centres)
-        queries.append((la, lo, draw(radii)))
-    return points, queries
-
-
-def assert_matches(index: GeoIndex, points: list[Point], queries: list[Query]) -> None:
-    for lat, lon, radius in queries:
-        assert search(index, lat, lon, radius) == brute_force(points, lat, lon, radius), (
-            lat,
-            lon,
-            radius,
-        )
-
-
-def no_duplicates(index: H3Index, queries: list[Query]) -> None:
-    for lat, lon, radius in queries:
-        ids = index.candidates(lat, lon, radius).ids.tolist()
-        assert len(ids) == len(set(ids))
+centres = centres_with(near_pentagon().map(lambda q: (q[0], q[1])), cell_vertex())
 
 
 # -- properties -------------------------------------------------------------------------------
 
 
 @SETTINGS
-@given(scenarios())
-def test_search_equals_brute_force(scenario: tuple[list[Point], list[Query]]) -> None:
-    points, queries = scenario
-    index = H3Index()
-    index.load(points)
-    assert index.stats().size == len(points)
-    assert_matches(index, points, queries)
-    no_duplicates(index, queries)
+@given(scenarios(centres))
+def test_search_equals_brute_force(scenario: Scenario) -> None:
+    check_load_then_search(H3Index(), scenario)
 
 
 @SETTINGS
-@given(scenarios(), st.data())
-def test_upsert_move_and_remove_then_search(
-    scenario: tuple[list[Point], list[Query]], data: st.DataObject
-) -> None:
-    points, queries = scenario
-    index = H3Index()
-    half = len(points) // 2
-    index.load(points[:half])
-    for p in points[half:]:  # inserts after the bulk load
-        index.upsert(*p)
-    model = {p[0]: (p[1], p[2]) for p in points}
-    if points:
-        ids = list(model)
-        for business_id in data.draw(st.lists(st.sampled_from(ids), max_size=10)):
-            lat, lon = data.draw(st.sampled_from(points))[1:]
-            lat, lon = data.draw(st.sampled_from([(lat, lon), (-lat, -lon)]))
-            index.upsert(business_id, lat, lon)
-            model[business_id] = (lat, lon)
-        for business_id in data.draw(st.lists(st.sampled_from(ids), max_size=len(ids))):
-            index.remove(business_id)
-            model.pop(business_id, None)
-    index.remove(10**12)  # absent: no-op
-    current = [(i, la, lo) for i, (la, lo) in model.items()]
-    assert len(index) == len(current) == index.stats().size
-    assert sorted(index.points()) == sorted(current)
-    assert_matches(index, current, queries)
-    no_duplicates(index, queries)
+@given(scenarios(centres), st.data())
+def test_upsert_move_and_remove_then_search(scenario: Scenario, data: st.DataObject) -> None:
+    check_upsert_move_and_remove(H3Index(), scenario, data)
 
 
 @st.composite

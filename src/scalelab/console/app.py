@@ -23,7 +23,7 @@ async def _probe(client: httpx.AsyncClient, url: str | None) -> str:
     if not url.startswith("http"):
         return "running"
     try:
-        r = await client.get(f"{url}/healthz", timeout=2.0)
+        r = await client.get(f"{url}/healthz", timeout=5.0)
     except httpx.HTTPError as exc:
         return f"down ({type(exc).__name__})"
     return "healthy" if r.status_code == 200 else f"unhealthy ({r.status_code})"

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import h3.api.basic_int as h3i
@@ -37,7 +36,7 @@ import numpy as np
 
 from scalelab.geo import haversine_m
 from scalelab.proximity.index import Candidates, FloatArray, IdArray, IndexStats
-from scalelab.proximity.quadtree import PointLocations, check_point, points_to_arrays
+from scalelab.proximity.locations import LocatedIndex, PointLocations
 
 DEFAULT_RESOLUTIONS = (5, 7, 8)
 # Covering size to aim for: a cell costs a few microseconds of Python in the search, a point
@@ -88,7 +87,7 @@ class _Bucket:
         self.lons = lons
 
 
-class H3Index:
+class H3Index(LocatedIndex):
     """`GeoIndex` over H3 buckets at several resolutions; candidates never repeat a point.
 
     An upsert or remove rewrites the point's bucket at each resolution, which costs time linear
@@ -117,10 +116,8 @@ class H3Index:
 
     # -- building -----------------------------------------------------------------------------
 
-    def load(self, points: Iterable[tuple[int, float, float]]) -> None:
+    def _build(self, ids: IdArray, lats: FloatArray, lons: FloatArray) -> None:
         """Bulk build: one cell id per point and resolution, then group by sorting."""
-        start = time.perf_counter()
-        ids, lats, lons = points_to_arrays(points)
         lat_list = lats.tolist()
         lon_list = lons.tolist()
         n = ids.size
@@ -143,17 +140,10 @@ class H3Index:
                     level[cell] = _Bucket(r_ids[s:e].copy(), r_lats[s:e].copy(), r_lons[s:e].copy())
             buckets[res] = level
         self._buckets = buckets
-        self._locs = PointLocations()
-        self._locs.load(ids, lats, lons)
-        self._build_seconds = time.perf_counter() - start
 
-    # -- updates ------------------------------------------------------------------------------
+    # -- updates (upsert and remove: LocatedIndex) --------------------------------------------
 
-    def upsert(self, business_id: int, lat: float, lon: float) -> None:
-        check_point(lat, lon)
-        old = self._locs.get(business_id)
-        if old is not None:
-            self._unbucket(business_id, *old)
+    def _add(self, business_id: int, lat: float, lon: float) -> None:
         for res, level in self._buckets.items():
             cell = int(h3i.latlng_to_cell(lat, lon, res))
             b = level.get(cell)
@@ -167,26 +157,15 @@ class H3Index:
                 b.ids = np.append(b.ids, np.int64(business_id))
                 b.lats = np.append(b.lats, lat)
                 b.lons = np.append(b.lons, lon)
-        self._locs.set(business_id, lat, lon)
 
-    def remove(self, business_id: int, lat: float | None = None, lon: float | None = None) -> None:
-        """Remove the id (no-op if absent); an emptied bucket is dropped.
-
-        (lat, lon), where the caller believes the point was, is not needed: the index trusts
-        its own record of every point's location.
-        """
-        old = self._locs.pop(business_id)
-        if old is not None:
-            self._unbucket(business_id, *old)
-
-    def _unbucket(self, business_id: int, lat: float, lon: float) -> None:
+    def _discard(self, business_id: int, lat: float, lon: float) -> None:
         for res, level in self._buckets.items():
             cell = int(h3i.latlng_to_cell(lat, lon, res))
             b = level[cell]
             keep = b.ids != business_id
             if keep.all():
                 raise RuntimeError(f"business {business_id} not found in its H3 bucket")
-            if not keep.any():
+            if not keep.any():  # an emptied bucket is dropped
                 del level[cell]
             else:
                 b.ids, b.lats, b.lons = b.ids[keep], b.lats[keep], b.lons[keep]
@@ -216,13 +195,6 @@ class H3Index:
         )
 
     # -- reporting ----------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._locs)
-
-    def points(self) -> list[tuple[int, float, float]]:
-        """Every indexed (id, lat, lon), in no particular order."""
-        return list(self._locs.items())
 
     def stats(self) -> IndexStats:
         """memory_bytes is sys.getsizeof summed over the per-resolution dicts, their int keys,

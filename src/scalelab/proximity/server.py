@@ -106,7 +106,19 @@ def create_app(
         if index.in_memory:
             start = time.perf_counter()
             await anyio.to_thread.run_sync(index.load, store.points())
-            log.info("%s index built in %.2fs", index.kind, time.perf_counter() - start)
+            stats = index.stats()
+            log.info(
+                "%s index: %d businesses, built in %.2fs, %.1f MB",
+                index.kind,
+                stats.size,
+                time.perf_counter() - start,
+                stats.memory_bytes / 1e6,
+            )
+            app.state.index_stats = {
+                "size": stats.size,
+                "build_seconds": round(stats.build_seconds, 3),
+                "memory_bytes": stats.memory_bytes,
+            }
         app.state.settings = settings
         app.state.api_key = dev_api_key(settings)
         app.state.store = store
@@ -129,15 +141,16 @@ def create_app(
             engine.dispose()
 
     async def health() -> dict[str, Any]:
-        return {"index": settings.index}
+        return {"index": settings.index, **getattr(app.state, "index_stats", {})}
 
-    return create_web_app(
+    app = create_web_app(
         "proximity",
         routers=[router],
         error_statuses=ERROR_STATUSES,
         lifespan=lifespan,
         health=health,
     )
+    return app
 
 
 async def _refresh_loop(refresher: IndexRefresher, interval: float) -> None:
