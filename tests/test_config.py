@@ -55,3 +55,8 @@ def test_describe_and_public_mask_secrets(tmp_path: Path) -> None:
     s = DemoSettings.from_env({}, access_key="secret", data=tmp_path)
     assert s.public()["access_key"] == "***"
     assert s.data_dir == tmp_path / "objectstore" and s.data_dir.is_dir()
+
+
+def test_string_overrides_are_parsed_like_the_environment() -> None:
+    s = DemoSettings.from_env({}, data="/tmp/somewhere", port="9100", strict="on")
+    assert (s.data, s.port, s.strict) == (Path("/tmp/somewhere"), 9100, True)

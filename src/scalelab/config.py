@@ -93,7 +93,11 @@ class SystemSettings:
         for f in dataclasses.fields(cls):
             name = env_name(cls.system, f.name)
             if f.name in overrides and overrides[f.name] is not None:
-                values[f.name] = overrides[f.name]
+                value = overrides[f.name]
+                # strings (CLI flags, scripts) are parsed like the environment's
+                if isinstance(value, str) and hints[f.name] is not str:
+                    value = _parse(value, hints[f.name], f"--{f.name}")
+                values[f.name] = value
             elif name in env:
                 values[f.name] = _parse(env[name], hints[f.name], name)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}

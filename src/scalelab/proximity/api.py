@@ -80,7 +80,7 @@ def search_nearby(
     return json_response(
         {
             "total": page.total,
-            "businesses": [{**b.public(), "distance_m": round(d, 2)} for b, d in page.results],
+            "businesses": [{**b, "distance_m": round(d, 2)} for b, d in page.results],
             "next_cursor": page.next_cursor,
         }
     )
@@ -88,7 +88,7 @@ def search_nearby(
 
 @router.get("/businesses/{business_id}")
 def get_business(request: Request, business_id: BusinessId) -> Response:
-    return json_response(_businesses(request).get(business_id).public())
+    return json_response(_businesses(request).get(business_id))
 
 
 @router.post("/businesses", status_code=201, dependencies=[Depends(require_api_key)])

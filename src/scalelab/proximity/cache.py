@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -63,14 +64,16 @@ class ProximityCache:
         gh = encode(lat, lon, max_precision)
         self.kv.delete(*(f"cell:{gh[:p]}" for p in range(1, max_precision + 1)))
 
-    # business id -> business
-    def get_businesses(self, ids: Sequence[int]) -> list[Business | None]:
+    # business id -> business, in its public JSON form: the read path never re-validates
+    def get_businesses(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         raw = self.kv.get_many([f"biz:{i}" for i in ids])
-        return [None if r is None else Business.model_validate(orjson.loads(r)) for r in raw]
+        return [None if r is None else orjson.loads(r) for r in raw]
 
-    def put_businesses(self, items: Sequence[Business]) -> None:
-        if items:
-            self.kv.set_many({f"biz:{b.id}": orjson.dumps(b.public()) for b in items}, self.ttl)
+    def put_businesses(self, items: Sequence[Business]) -> list[dict[str, Any]]:
+        public = [b.public() for b in items]
+        if public:
+            self.kv.set_many({f"biz:{d['id']}": orjson.dumps(d) for d in public}, self.ttl)
+        return public
 
     def invalidate_business(self, business_id: int) -> None:
         self.kv.delete(f"biz:{business_id}")

@@ -8,6 +8,7 @@ closes at midnight. `is_open` takes the instant to check, so callers pass their 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -90,7 +91,7 @@ class Business(BusinessIn):
         return data
 
 
-def is_open(hours: dict[str, list[tuple[str, str]]], tz: str, at: datetime) -> bool:
+def is_open(hours: Mapping[str, Sequence[Sequence[str]]], tz: str, at: datetime) -> bool:
     """Whether a business with these hours is open at the instant `at` (timezone-aware)."""
     if at.tzinfo is None:
         raise ValueError("is_open needs a timezone-aware instant")

@@ -46,13 +46,13 @@ class BusinessService:
         self.index = index
         self._lock = lock
 
-    def get(self, business_id: int) -> Business:
+    def get(self, business_id: int) -> dict[str, Any]:
+        """The business's public record, cache first."""
         (cached,) = self.cache.get_businesses([business_id])
         if cached is not None:
             return cached
-        business = self.store.get(business_id)
-        self.cache.put_businesses([business])
-        return business
+        (public,) = self.cache.put_businesses([self.store.get(business_id)])
+        return public
 
     def create(self, data: BusinessIn) -> Business:
         business = self.store.create(data)
@@ -78,7 +78,7 @@ class BusinessService:
 
 @dataclass(frozen=True)
 class SearchPage:
-    results: list[tuple[Business, float]]
+    results: list[tuple[dict[str, Any], float]]  # (public record, distance in metres)
     total: int | None  # every match within the radius; None when filters make it unknown
     next_cursor: str | None
 
@@ -124,13 +124,15 @@ class LocationService:
         self._lock = lock
         self._clock = clock
 
-    def businesses(self, ids: list[int]) -> list[Business | None]:
-        """Details for ids, cache first; ids deleted since the index saw them come back None."""
+    def businesses(self, ids: list[int]) -> list[dict[str, Any] | None]:
+        """Public records for ids, cache first; ids deleted since the index saw them -> None."""
         found = self.cache.get_businesses(ids)
         missing = [i for i, b in zip(ids, found, strict=True) if b is None]
         if missing:
-            loaded = self.store.get_many(missing)
-            self.cache.put_businesses(list(loaded.values()))
+            loaded = {
+                d["id"]: d
+                for d in self.cache.put_businesses(list(self.store.get_many(missing).values()))
+            }
             found = [b if b is not None else loaded.get(i) for i, b in zip(ids, found, strict=True)]
         return found
 
@@ -158,7 +160,7 @@ class LocationService:
             start = int(np.argmax(later)) if later.any() else int(ids.size)
         filtered = category is not None or open_now
         now = self._clock()
-        results: list[tuple[Business, float]] = []
+        results: list[tuple[dict[str, Any], float]] = []
         pos = start
         last = start - 1
         chunk = limit if not filtered else max(limit * 4, 50)
@@ -169,9 +171,9 @@ class LocationService:
                 last = pos + offset
                 if business is None:
                     continue
-                if category is not None and business.category != category:
+                if category is not None and business["category"] != category:
                     continue
-                if open_now and not is_open(business.hours, business.timezone, now):
+                if open_now and not is_open(business["hours"], business["timezone"], now):
                     continue
                 results.append((business, float(dists[last])))
                 if len(results) == limit:
