@@ -14,7 +14,7 @@ from typing import Protocol
 from hypothesis import strategies as st
 
 from scalelab.geo import destination
-from scalelab.proximity.index import GeoIndex, brute_force, search
+from scalelab.proximity.index import GeoIndex, IndexStats, brute_force, search
 
 Point = tuple[int, float, float]
 Query = tuple[float, float, float]
@@ -131,6 +131,17 @@ def check_load_then_search(index: GeoIndex, scenario: Scenario) -> None:
     assert index.stats().size == len(points)
     assert_matches(index, points, queries)
     no_duplicates(index, queries)
+
+
+def check_stats_after_load(index: GeoIndex, n: int, min_memory_bytes: int) -> IndexStats:
+    """Load n points spread over the globe: the stats count them, time the build and report
+    more than min_memory_bytes."""
+    index.load((i, (i % 170) - 85.0, (i % 350) - 175.0) for i in range(n))
+    stats = index.stats()
+    assert stats.size == n
+    assert stats.build_seconds > 0
+    assert stats.memory_bytes > min_memory_bytes
+    return stats
 
 
 def check_upsert_move_and_remove(

@@ -18,20 +18,7 @@ from scalelab.geo import destination, haversine_m
 from scalelab.proximity.h3index import DEFAULT_RESOLUTIONS, H3Index, cover
 from scalelab.proximity.index import GeoIndex, brute_force, search
 
-from .geo_strategies import (
-    Query,
-    Scenario,
-    assert_matches,
-    bearings,
-    centres_with,
-    check_load_then_search,
-    check_upsert_move_and_remove,
-    clamp,
-    lats,
-    lons,
-    radii,
-    scenarios,
-)
+from . import geo_strategies as geo
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -39,13 +26,13 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 
 @st.composite
-def near_pentagon(draw: st.DrawFn, resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS) -> Query:
+def near_pentagon(draw: st.DrawFn, resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS) -> geo.Query:
     """A point within a few cells of one of the twelve pentagons at one of the resolutions."""
     res = draw(st.sampled_from(resolutions))
     pentagon = draw(st.sampled_from(sorted(h3i.get_pentagons(res))))
     plat, plon = h3i.cell_to_latlng(pentagon)
     dist = draw(st.floats(0.0, 4 * h3i.average_hexagon_edge_length(res, "m")))
-    lat, lon = destination(plat, plon, draw(bearings), dist)
+    lat, lon = destination(plat, plon, draw(geo.bearings), dist)
     return lat, lon, float(res)
 
 
@@ -53,27 +40,27 @@ def near_pentagon(draw: st.DrawFn, resolutions: tuple[int, ...] = DEFAULT_RESOLU
 def cell_vertex(draw: st.DrawFn) -> tuple[float, float]:
     """A vertex of the H3 cell (at an indexed resolution) around a random point."""
     res = draw(st.sampled_from(DEFAULT_RESOLUTIONS))
-    cell = h3i.latlng_to_cell(draw(lats), draw(lons), res)
+    cell = h3i.latlng_to_cell(draw(geo.lats), draw(geo.lons), res)
     lat, lon = draw(st.sampled_from(h3i.cell_to_boundary(cell)))
-    return clamp(lat, lon)
+    return geo.clamp(lat, lon)
 
 
-centres = centres_with(near_pentagon().map(lambda q: (q[0], q[1])), cell_vertex())
+centres = geo.centres_with(near_pentagon().map(lambda q: (q[0], q[1])), cell_vertex())
 
 
 # -- properties -------------------------------------------------------------------------------
 
 
 @SETTINGS
-@given(scenarios(centres))
-def test_search_equals_brute_force(scenario: Scenario) -> None:
-    check_load_then_search(H3Index(), scenario)
+@given(geo.scenarios(centres))
+def test_search_equals_brute_force(scenario: geo.Scenario) -> None:
+    geo.check_load_then_search(H3Index(), scenario)
 
 
 @SETTINGS
-@given(scenarios(centres), st.data())
-def test_upsert_move_and_remove_then_search(scenario: Scenario, data: st.DataObject) -> None:
-    check_upsert_move_and_remove(H3Index(), scenario, data)
+@given(geo.scenarios(centres), st.data())
+def test_upsert_move_and_remove_then_search(scenario: geo.Scenario, data: st.DataObject) -> None:
+    geo.check_upsert_move_and_remove(H3Index(), scenario, data)
 
 
 @st.composite
@@ -86,13 +73,13 @@ def cover_cases(draw: st.DrawFn) -> tuple[float, float, float, int]:
     if kind == "pentagon":
         lat, lon, _ = draw(near_pentagon((res,)))
     elif kind == "pole":
-        lat, lon = draw(st.sampled_from([-90.0, 90.0])), draw(lons)
-        lat, lon = destination(lat, lon, draw(bearings), draw(st.floats(0.0, 2 * radius)))
+        lat, lon = draw(st.sampled_from([-90.0, 90.0])), draw(geo.lons)
+        lat, lon = destination(lat, lon, draw(geo.bearings), draw(st.floats(0.0, 2 * radius)))
     elif kind == "antimeridian":
-        lat, lon = draw(lats), draw(st.sampled_from([-180.0, 180.0]))
-        lat, lon = destination(lat, lon, draw(bearings), draw(st.floats(0.0, 2 * radius)))
+        lat, lon = draw(geo.lats), draw(st.sampled_from([-180.0, 180.0]))
+        lat, lon = destination(lat, lon, draw(geo.bearings), draw(st.floats(0.0, 2 * radius)))
     else:
-        lat, lon = draw(lats), draw(lons)
+        lat, lon = draw(geo.lats), draw(geo.lons)
     return lat, lon, radius, res
 
 
@@ -104,7 +91,7 @@ def test_cover_holds_the_cell_of_every_point_within_the_radius(
     lat, lon, radius, res = case
     cells = set(cover(lat, lon, radius, res))
     for _ in range(40):
-        bearing = data.draw(bearings)
+        bearing = data.draw(geo.bearings)
         dist = data.draw(st.sampled_from([radius, radius * (1 - 1e-12)]) | st.floats(0, radius))
         plat, plon = destination(lat, lon, bearing, dist)
         if haversine_m(lat, lon, plat, plon) <= radius:
@@ -112,15 +99,15 @@ def test_cover_holds_the_cell_of_every_point_within_the_radius(
 
 
 @settings(max_examples=60, deadline=None)
-@given(near_pentagon(), radii)
-def test_search_next_to_pentagons(query: Query, radius: float) -> None:
+@given(near_pentagon(), geo.radii)
+def test_search_next_to_pentagons(query: geo.Query, radius: float) -> None:
     lat, lon, _ = query
     points = [
         (i, *destination(lat, lon, 360.0 * i / 97, radius * (0.5 + (i % 7) / 6))) for i in range(97)
     ]
     index = H3Index()
     index.load(points)
-    assert_matches(index, points, [(lat, lon, radius)])
+    geo.assert_matches(index, points, [(lat, lon, radius)])
 
 
 # -- examples ---------------------------------------------------------------------------------
@@ -184,12 +171,9 @@ def test_remove_drops_empty_buckets() -> None:
 
 
 def test_stats_reports_build_and_memory() -> None:
-    index = H3Index()
-    index.load((i, (i % 170) - 85.0, (i % 350) - 175.0) for i in range(3_000))
-    stats = index.stats()
-    assert stats.kind == "h3" and stats.size == 3_000
-    assert stats.build_seconds > 0
-    assert stats.memory_bytes > 3 * 3_000 * 24  # a copy of the columns per resolution
+    # At least a copy of the three columns per resolution.
+    stats = geo.check_stats_after_load(H3Index(), 3_000, 3 * 3_000 * 24)
+    assert stats.kind == "h3"
     assert set(stats.extra) == {f"cells_res{r}" for r in DEFAULT_RESOLUTIONS}
 
 

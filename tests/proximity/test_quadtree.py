@@ -28,20 +28,7 @@ from scalelab.geo import destination
 from scalelab.proximity.index import GeoIndex, brute_force, search
 from scalelab.proximity.quadtree import MAX_DEPTH, QuadtreeIndex
 
-from .geo_strategies import (
-    Point,
-    Scenario,
-    assert_matches,
-    centres_with,
-    check_load_then_search,
-    check_upsert_move_and_remove,
-    clamp,
-    lats,
-    lons,
-    nudge,
-    radii,
-    scenarios,
-)
+from . import geo_strategies as geo
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -57,7 +44,7 @@ def dyadic_edge(draw: st.DrawFn) -> tuple[float, float]:
     return -90.0 + k * 180.0 / 2**d, -180.0 + j * 360.0 / 2**d
 
 
-centres = centres_with(dyadic_edge())
+centres = geo.centres_with(dyadic_edge())
 capacities = st.sampled_from([1, 2, 4, 16, 100])
 
 
@@ -65,21 +52,21 @@ capacities = st.sampled_from([1, 2, 4, 16, 100])
 
 
 @SETTINGS
-@given(scenarios(centres), capacities)
-def test_search_equals_brute_force(scenario: Scenario, capacity: int) -> None:
-    check_load_then_search(QuadtreeIndex(leaf_capacity=capacity), scenario)
+@given(geo.scenarios(centres), capacities)
+def test_search_equals_brute_force(scenario: geo.Scenario, capacity: int) -> None:
+    geo.check_load_then_search(QuadtreeIndex(leaf_capacity=capacity), scenario)
 
 
 @SETTINGS
-@given(scenarios(centres), capacities, st.data())
+@given(geo.scenarios(centres), capacities, st.data())
 def test_upsert_move_and_remove_then_search(
-    scenario: Scenario, capacity: int, data: st.DataObject
+    scenario: geo.Scenario, capacity: int, data: st.DataObject
 ) -> None:
-    check_upsert_move_and_remove(QuadtreeIndex(leaf_capacity=capacity), scenario, data)
+    geo.check_upsert_move_and_remove(QuadtreeIndex(leaf_capacity=capacity), scenario, data)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(lats, lons), min_size=1, max_size=40), st.integers(2, 40))
+@given(st.lists(st.tuples(geo.lats, geo.lons), min_size=1, max_size=40), st.integers(2, 40))
 def test_identical_coordinates_stop_splitting_at_max_depth(
     spots: list[tuple[float, float]], copies: int
 ) -> None:
@@ -90,10 +77,10 @@ def test_identical_coordinates_stop_splitting_at_max_depth(
     index.load(points)
     stats = index.stats()
     assert stats.extra["depth"] <= MAX_DEPTH
-    assert_matches(index, points, [(lat, lon, 1.0), (lat, lon, 20_000.0)])
+    geo.assert_matches(index, points, [(lat, lon, 1.0), (lat, lon, 20_000.0)])
     index.upsert(10**6, lat, lon)  # one more on the full max-depth leaf
     points.append((10**6, lat, lon))
-    assert_matches(index, points, [(lat, lon, 1.0)])
+    geo.assert_matches(index, points, [(lat, lon, 1.0)])
 
 
 # -- examples ---------------------------------------------------------------------------------
@@ -135,12 +122,8 @@ def test_splits_and_merges_back() -> None:
 
 
 def test_stats_reports_build_and_memory() -> None:
-    index = QuadtreeIndex()
-    index.load((i, (i % 170) - 85.0, (i % 350) - 175.0) for i in range(5_000))
-    stats = index.stats()
-    assert stats.kind == "quadtree" and stats.size == 5_000
-    assert stats.build_seconds > 0
-    assert stats.memory_bytes > 5_000 * 24  # at least the three columns
+    stats = geo.check_stats_after_load(QuadtreeIndex(), 5_000, 5_000 * 24)  # three columns
+    assert stats.kind == "quadtree"
     assert stats.extra["leaves"] >= 5_000 / 100
 
 
@@ -166,7 +149,7 @@ HOT_SPOTS = [
 @st.composite
 def locations(draw: st.DrawFn) -> tuple[float, float]:
     if draw(st.booleans()):
-        return draw(lats), draw(lons)
+        return draw(geo.lats), draw(geo.lons)
     lat, lon = draw(st.sampled_from(HOT_SPOTS))
     if draw(st.booleans()):  # exactly on the spot: identical coordinates stack up
         return lat, lon
@@ -211,7 +194,7 @@ class QuadtreeMachine(RuleBasedStateMachine):
         self.index.remove(business_id)
         self.model.pop(business_id, None)
 
-    @rule(where=locations(), radius=radii)
+    @rule(where=locations(), radius=geo.radii)
     def query(self, where: tuple[float, float], radius: float) -> None:
         points = [(i, la, lo) for i, (la, lo) in self.model.items()]
         lat, lon = where
@@ -232,17 +215,17 @@ TestQuadtreeMachine = QuadtreeMachine.TestCase
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.tuples(st.floats(-89.0, 89.0), lons), radii)
+@given(st.tuples(st.floats(-89.0, 89.0), geo.lons), geo.radii)
 def test_points_on_the_circle_due_north_and_south(centre: tuple[float, float], r: float) -> None:
     """Points within an ulp or two of the circle where its bounding box is tightest: the
     box's latitude edges (found missing points there: circle_boxes has no latitude slack)."""
     lat, lon = centre
-    points: list[Point] = []
+    points: list[geo.Point] = []
     for bearing in (0.0, 180.0, 90.0, 270.0):
         plat, plon = destination(lat, lon, bearing, r)
         for ulps in range(-3, 4):
-            points.append((len(points), *clamp(nudge(plat, ulps), plon)))
-            points.append((len(points), *clamp(plat, nudge(plon, ulps))))
+            points.append((len(points), *geo.clamp(geo.nudge(plat, ulps), plon)))
+            points.append((len(points), *geo.clamp(plat, geo.nudge(plon, ulps))))
     index = QuadtreeIndex(leaf_capacity=4)
     index.load(points)
-    assert_matches(index, points, [(lat, lon, r)])
+    geo.assert_matches(index, points, [(lat, lon, r)])
