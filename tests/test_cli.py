@@ -166,3 +166,30 @@ def test_serve_port_zero_prints_address_and_stops_cleanly(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     assert "Traceback" not in "".join(out.lines)
+
+
+def test_up_children_exit_when_up_is_killed(tmp_path: Path) -> None:
+    with running(["up"], tmp_path) as (proc, out):
+        out.wait_for("Press Ctrl-C")
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        child_pids = [int(p) for p in children.stdout.split()]
+        assert child_pids
+        proc.kill()  # kill -9: the parent gets no chance to stop its children
+        proc.wait()
+        deadline = time.monotonic() + 30
+        alive = child_pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if _alive(p)]
+            time.sleep(0.1)
+        assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead but not yet reaped by init
+    with contextlib.suppress(FileNotFoundError):
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    return False

@@ -76,10 +76,22 @@ def serve(system: str, host: str | None, port: int | None, demo: bool, data: Pat
         click.echo(f"{info.name} listening on {url}")
         sys.stdout.flush()
 
+    if os.environ.get(_WATCH_PARENT) == "1":
+        threading.Thread(target=_exit_with_parent, daemon=True, name="parent watch").start()
     try:
         asyncio.run(server.serve(settings, demo=demo, announce=announce))
     except KeyboardInterrupt:
         pass
+
+
+_WATCH_PARENT = "SCALELAB_EXIT_WITH_PARENT"
+
+
+def _exit_with_parent() -> None:
+    """Under `up`, stdin is a pipe from the parent: EOF means it died (even by kill -9), so
+    shut down cleanly rather than live on as an orphan holding a port."""
+    sys.stdin.read()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -149,7 +161,7 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
     from scalelab.console import create_app as create_console
     from scalelab.web import HTTPServer
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{_WATCH_PARENT: "1"})
     if data is not None:
         env[DATA_ENV] = str(data)
     children: list[_Child] = []
@@ -161,7 +173,12 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
             if demo:
                 cmd.append("--demo")
             proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                cmd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             child = _Child(info, proc)
             threading.Thread(target=child.pump, daemon=True, name=f"pump {info.name}").start()
