@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -98,6 +99,16 @@ def resp_frame(buf: bytearray) -> tuple[int, bool] | None:
 
 
 FRAMES: dict[str, Frame] = {"http": http_frame, "resp": resp_frame}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, all threads, from /proc; None off Linux or if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the closed loop -----------------------------------------------------------------------------
@@ -230,8 +241,13 @@ async def run_load(
     duration: float,
     warmup_max_seconds: float,
     grace_seconds: float = 10.0,
+    watch_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Warm up (every request once), then measure `duration` seconds at `concurrency`."""
+    """Warm up (every request once, unless warmup_max_seconds is 0), then measure `duration`
+    seconds at `concurrency`.
+
+    watch_pid: a server process whose CPU use over the measured phase is reported, in cores.
+    """
     if not requests:
         raise ValueError("no requests to send")
     loop = asyncio.get_running_loop()
@@ -244,16 +260,19 @@ async def run_load(
             )
             conns.append(conn)
         warm_start = time.perf_counter()
-        warm = _Phase(requests, 0, len(requests), warm_start + warmup_max_seconds)
+        budget = len(requests) if warmup_max_seconds > 0 else 0  # 0 s: no warm-up phase
+        warm = _Phase(requests, 0, budget, warm_start + warmup_max_seconds)
         warm_complete = await _run_phase(conns, warm, grace_seconds)
         warm_seconds = time.perf_counter() - warm_start
         alive = [c for c in conns if not c.closed and not c.busy]
         cpu0 = time.process_time()
+        server0 = cpu_seconds(watch_pid) if watch_pid else None
         start = time.perf_counter()
         measured = _Phase(requests, warm.next_index, None, start + duration)
         complete = await _run_phase(alive, measured, grace_seconds)
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu0
+        server1 = cpu_seconds(watch_pid) if watch_pid else None
     finally:
         for conn in conns:
             if conn.transport is not None:
@@ -274,6 +293,11 @@ async def run_load(
             "covered_all_queries": warm_complete and len(warm.latencies) == len(requests),
         },
         "client_cpu_fraction": round(cpu / elapsed, 3) if elapsed > 0 else None,
+        "server_cpu_cores": (
+            round((server1 - server0) / elapsed, 3)
+            if server0 is not None and server1 is not None and elapsed > 0
+            else None
+        ),
         "client_loop": type(loop).__module__.split(".")[0],
     }
 
@@ -285,7 +309,7 @@ def spawn_load(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run the load generator in a child process (the 'second process') and return its result.
 
     spec: protocol, host, port, requests (list of bytes), concurrency, duration,
-    warmup_max_seconds. The child is killed if it outlives timeout.
+    warmup_max_seconds and optionally watch_pid. The child is killed if it outlives timeout.
     """
     wire = {**spec, "requests": [r.decode("latin-1") for r in spec["requests"]]}
     proc = subprocess.run(

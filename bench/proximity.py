@@ -62,7 +62,7 @@ from _load import http_get, resp_command, spawn_load  # noqa: E402
 
 HOST = "127.0.0.1"
 BOOK_TARGET_QPS = 5000
-RADII_M = (5000.0, 1000.0)  # the book's default radius first: geohash's cold pass runs on it
+RADII_M = (5000.0, 1000.0)  # the book's default radius first
 HTTP_RADIUS_M = 5000.0
 HTTP_LIMIT = 20
 KINDS = ("geohash", "quadtree", "h3")
@@ -80,6 +80,7 @@ class Plan:
     check_sample: int  # queries compared with the brute-force oracle and with Redis
     concurrency: int
     http_seconds: float
+    single_seconds: float  # the one-connection run after the loaded one
     warmup_max_seconds: float
     redis_port: int
 
@@ -93,6 +94,7 @@ class Plan:
             check_sample=20 if quick else 40,
             concurrency=args.concurrency,
             http_seconds=args.duration or (3.0 if quick else 15.0),
+            single_seconds=1.0 if quick else 3.0,
             warmup_max_seconds=10.0 if quick else 60.0,
             redis_port=args.redis_port,
         )
@@ -288,7 +290,7 @@ def bench_index(
     agree = True
     for radius in RADII_M:
         entry: dict[str, Any] = {}
-        if kind == "geohash" and radius == RADII_M[0]:
+        if kind == "geohash":  # each radius reads cells of its own precision: cold again
             cold, _, _ = timed_pass(index, queries, radius)
             entry["cold_cache"] = latency_summary(cold)
         times, counts, digests[radius] = timed_pass(index, queries, radius)
@@ -315,13 +317,14 @@ def bench_index(
 # -- HTTP ----------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all threads) from /proc; None off Linux."""
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process from /proc; None off Linux."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
 
 
 @contextlib.contextmanager
@@ -404,6 +407,68 @@ def search_path(lat: float, lon: float, radius: float, limit: int) -> str:
     return f"/v1/search/nearby?latitude={lat}&longitude={lon}&radius={radius:g}&limit={limit}"
 
 
+def load_run(
+    protocol: str,
+    host: str,
+    port: int,
+    reqs: list[bytes],
+    plan: Plan,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: bool,
+    watch_pid: int | None,
+) -> dict[str, Any]:
+    """The second-process load generator against one server, bounded in time."""
+    warmup_seconds = plan.warmup_max_seconds if warmup else 0.0
+    return spawn_load(
+        {
+            "protocol": protocol,
+            "host": host,
+            "port": port,
+            "requests": reqs,
+            "concurrency": concurrency,
+            "duration": duration,
+            "warmup_max_seconds": warmup_seconds,
+            "watch_pid": watch_pid,
+        },
+        timeout=warmup_seconds + duration + 60,
+    )
+
+
+def many_and_one(
+    protocol: str, host: str, port: int, reqs: list[bytes], plan: Plan, pid: int | None
+) -> dict[str, Any]:
+    """The load at `concurrency` (its warm-up fills caches), then one connection alone: the
+    latency of a lone request, which shows per-request delays that throughput hides."""
+    loaded = load_run(
+        protocol,
+        host,
+        port,
+        reqs,
+        plan,
+        concurrency=plan.concurrency,
+        duration=plan.http_seconds,
+        warmup=True,
+        watch_pid=pid,
+    )
+    single = load_run(
+        protocol,
+        host,
+        port,
+        reqs,
+        plan,
+        concurrency=1,
+        duration=plan.single_seconds,
+        warmup=False,
+        watch_pid=pid,
+    )
+    loaded["one_connection"] = {
+        k: single[k] for k in ("qps", "p50_ms", "p99_ms", "errors", "server_cpu_cores")
+    }
+    return loaded
+
+
 def bench_http(
     kind: str,
     data_dir: Path,
@@ -425,25 +490,8 @@ def bench_http(
         reqs = [
             http_get(host, port, search_path(a, b, HTTP_RADIUS_M, HTTP_LIMIT)) for a, b in queries
         ]
-        cpu0 = cpu_seconds(pid)
-        result = spawn_load(
-            {
-                "protocol": "http",
-                "host": host,
-                "port": port,
-                "requests": reqs,
-                "concurrency": plan.concurrency,
-                "duration": plan.http_seconds,
-                "warmup_max_seconds": plan.warmup_max_seconds,
-            },
-            timeout=plan.warmup_max_seconds + plan.http_seconds + 60,
-        )
-        cpu1 = cpu_seconds(pid)
-    wall = result["duration_s"] + result["warmup"]["seconds"]
-    result["server_cpu_cores"] = (
-        round((cpu1 - cpu0) / wall, 3) if cpu0 is not None and cpu1 is not None else None
-    )
-    result["server_cpu_note"] = "server CPU over warm-up + measurement, in cores (of the box's)"
+        result = many_and_one("http", host, port, reqs, plan, pid)
+        result["server_rss_bytes"] = rss_bytes(pid)
     result["server_startup_seconds"] = round(startup, 3)
     result["agree_with_brute_force_top20"] = agree
     return result
@@ -589,27 +637,10 @@ def _bench_redis(
         resp_command(*geosearch_args(key, lat, lon, HTTP_RADIUS_M, HTTP_LIMIT))
         for lat, lon in queries
     ]
-    redis_pid = int(client.info("server").get("process_id", 0))
-    cpu0 = cpu_seconds(redis_pid) if redis_pid else None
+    redis_pid = int(client.info("server").get("process_id", 0)) or None
     calls0, usec0 = commandstats(client)
-    loaded = spawn_load(
-        {
-            "protocol": "resp",
-            "host": HOST,
-            "port": plan.redis_port,
-            "requests": reqs,
-            "concurrency": plan.concurrency,
-            "duration": plan.http_seconds,
-            "warmup_max_seconds": plan.warmup_max_seconds,
-        },
-        timeout=plan.warmup_max_seconds + plan.http_seconds + 60,
-    )
-    cpu1 = cpu_seconds(redis_pid) if redis_pid else None
+    loaded = many_and_one("resp", HOST, plan.redis_port, reqs, plan, redis_pid)
     calls1, usec1 = commandstats(client)
-    wall = loaded["duration_s"] + loaded["warmup"]["seconds"]
-    loaded["server_cpu_cores"] = (
-        round((cpu1 - cpu0) / wall, 3) if cpu0 is not None and cpu1 is not None else None
-    )
     loaded["server_usec_per_call"] = round((usec1 - usec0) / max(1, calls1 - calls0), 1)
     loaded["command"] = (
         f"GEOSEARCH key FROMLONLAT lon lat BYRADIUS {HTTP_RADIUS_M:g} m ASC "
@@ -638,12 +669,18 @@ def ratios(indexes: dict[str, Any], http: dict[str, Any], rds: dict[str, Any]) -
             out[f"in_process_p99_ours_over_redis_client_{kind}_{radius:g}m"] = ratio(
                 ours["p99_ms"], theirs["p99_ms"]
             )
+            out[f"in_process_mean_latency_ours_over_redis_server_{kind}_{radius:g}m"] = ratio(
+                ours["mean_ms"] * 1000, theirs["server_usec_per_call"]
+            )
     loaded = rds["loaded"]
     for kind, res in http.items():
         if "qps" not in res:
             continue
         out[f"http_qps_ours_over_redis_loaded_{kind}"] = ratio(res["qps"], loaded["qps"])
         out[f"p99_ours_http_over_redis_loaded_{kind}"] = ratio(res["p99_ms"], loaded["p99_ms"])
+        out[f"p50_ours_http_over_redis_one_connection_{kind}"] = ratio(
+            res["one_connection"]["p50_ms"], loaded["one_connection"]["p50_ms"]
+        )
     best_in = max(
         indexes, key=lambda k: indexes[k]["search_in_process"][f"{HTTP_RADIUS_M:g}m"]["qps"]
     )
@@ -658,9 +695,11 @@ def ratios(indexes: dict[str, Any], http: dict[str, Any], rds: dict[str, Any]) -
         out["p99_ours_http_over_redis_loaded"] = out[f"p99_ours_http_over_redis_loaded_{best}"]
         out["http_best_index"] = best
     out["note"] = (
-        "in_process_*: our search_arrays (all matches, sorted) vs redis-py GEOSEARCH ... ASC "
-        "WITHDIST without COUNT, both one query at a time from Python; http_*: our REST search "
-        "(limit 20) vs GEOSEARCH ... COUNT 20, same load generator and concurrency"
+        "in_process_qps/p99: our search_arrays (all matches, sorted) vs redis-py GEOSEARCH ... "
+        "ASC WITHDIST without COUNT, one query at a time from Python (includes redis-py's reply "
+        "parsing); in_process_mean_latency_..._redis_server: our mean vs Redis's own usec per "
+        "call (INFO commandstats), engine against engine; http_*: our REST search (limit 20) "
+        "vs GEOSEARCH ... COUNT 20, same load generator, query points and concurrency"
     )
     return out
 

@@ -87,3 +87,16 @@ def test_metrics_use_route_templates(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert 'http_requests_total{method="POST",route="/things/{n}",status="200"} 3.0' in text
     assert 'route="unmatched"' in text and "/random/path" not in text
+
+
+def test_accepted_connections_have_nodelay() -> None:
+    """Without TCP_NODELAY a response split in two writes waits for a delayed ACK (~40 ms)."""
+    import socket
+
+    from scalelab.web import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
