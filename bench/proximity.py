@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,11 @@ from scalelab.proximity.cache import ProximityCache
 from scalelab.proximity.geohash_index import GeohashIndex
 from scalelab.proximity.h3index import H3Index
 from scalelab.proximity.index import (
+    BruteForceIndex,
     Candidates,
     FloatArray,
     GeoIndex,
     IdArray,
-    IndexStats,
     search_arrays,
 )
 from scalelab.proximity.quadtree import QuadtreeIndex
@@ -191,35 +191,10 @@ def query_points(ds: Dataset, q: int, seed: int = 7) -> list[tuple[float, float]
     return [(round(float(a), 6), round(float(b), 6)) for a, b in zip(lats, lons, strict=True)]
 
 
-class AllPoints:
-    """The oracle as a GeoIndex: every point is a candidate, then the shared exact filter."""
-
-    kind = "brute_force"
-    in_memory = True
-
-    def __init__(self, ds: Dataset) -> None:
-        self._cand = Candidates(ds.ids, ds.lats, ds.lons)
-
-    def load(self, points: Iterable[tuple[int, float, float]]) -> None:
-        raise TypeError("read-only")
-
-    def upsert(self, business_id: int, lat: float, lon: float) -> None:
-        raise TypeError("read-only")
-
-    def remove(self, business_id: int, lat: float, lon: float) -> None:
-        raise TypeError("read-only")
-
-    def candidates(self, lat: float, lon: float, radius_m: float) -> Candidates:
-        return self._cand
-
-    def stats(self) -> IndexStats:
-        return IndexStats(self.kind, int(self._cand.ids.size))
-
-
 def oracle_results(
     ds: Dataset, queries: Sequence[tuple[float, float]], radii: Sequence[float]
 ) -> dict[float, list[IdArray]]:
-    oracle = AllPoints(ds)
+    oracle = BruteForceIndex(Candidates(ds.ids, ds.lats, ds.lons))
     return {r: [search_arrays(oracle, lat, lon, r)[0] for lat, lon in queries] for r in radii}
 
 

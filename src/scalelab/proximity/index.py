@@ -123,11 +123,13 @@ def brute_force(
     ids = np.array([p[0] for p in pts], dtype=np.int64)
     lats = np.array([p[1] for p in pts], dtype=np.float64)
     lons = np.array([p[2] for p in pts], dtype=np.float64)
-    return search(_Everything(Candidates(ids, lats, lons)), lat, lon, radius_m)
+    return search(BruteForceIndex(Candidates(ids, lats, lons)), lat, lon, radius_m)
 
 
-class _Everything:
-    kind = "everything"
+class BruteForceIndex:
+    """The oracle as a GeoIndex: every point is a candidate, then the shared exact filter."""
+
+    kind = "brute_force"
     in_memory = True
 
     def __init__(self, cand: Candidates) -> None:
