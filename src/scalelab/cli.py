@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -78,10 +79,8 @@ def serve(system: str, host: str | None, port: int | None, demo: bool, data: Pat
 
     if os.environ.get(_WATCH_PARENT) == "1":
         threading.Thread(target=_exit_with_parent, daemon=True, name="parent watch").start()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(settings, demo=demo, announce=announce))
-    except KeyboardInterrupt:
-        pass
 
 
 _WATCH_PARENT = "SCALELAB_EXIT_WITH_PARENT"
@@ -122,11 +121,9 @@ class _Child:
 def _wait_healthy(url: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return "healthy"
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
     return "not healthy"
 
@@ -205,10 +202,8 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
         console.print(table)
         console.print("Press Ctrl-C to stop.")
         sys.stdout.flush()
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(server.serve())
-        except KeyboardInterrupt:
-            pass
     finally:
         _stop(children)
         console.print("stopped")

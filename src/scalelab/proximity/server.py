@@ -8,6 +8,7 @@ process sharing the database become searchable without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
@@ -133,10 +134,8 @@ def create_app(
             yield
         finally:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
             cache.kv.close()
             engine.dispose()
 
