@@ -17,9 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine, text
 
 from scalelab.storage import sql
+
+# Deadlines are timing assertions: on a loaded 2-core machine they fail for no reason.
+settings.register_profile("scalelab", deadline=None)
+settings.load_profile("scalelab")
 
 POSTGRES_URL = os.environ.get(
     "SCALELAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
