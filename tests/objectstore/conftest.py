@@ -24,7 +24,15 @@ class S3Server:
     url: str
     settings: ObjectStoreSettings
     app: Any
+    thread: ServerThread
     clients: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop the server (clean shutdown), closing the clients made for it."""
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+        self.thread.stop()
 
     def client(
         self,
@@ -75,7 +83,7 @@ def start_s3(tmp_path: Path) -> Iterator[Callable[..., S3Server]]:
         app = create_app(settings)
         thread = ServerThread(app).start()
         running.append(thread)
-        server = S3Server(thread.url, settings, app)
+        server = S3Server(thread.url, settings, app, thread)
         servers.append(server)
         return server
 

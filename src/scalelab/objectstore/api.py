@@ -399,11 +399,11 @@ class S3App:
         try:
             async for piece in body:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except Exception:
+        except Exception as exc:
             # Headers are gone; all we can do is cut the connection so the client sees a
             # short body instead of silently wrong bytes.
-            log.exception("failed mid-response")
-            self.metrics.errors.labels("mid-response").inc()
+            log.error("failed mid-response: %s", exc)
+            self.metrics.errors.labels(type(exc).__name__).inc()
             raise
         await send({"type": "http.response.body", "body": b""})
 

@@ -55,7 +55,7 @@ class BucketHandlers:
                 if m == "PUT":
                     return f"PutBucket{name}", self.put_config
                 if m == "DELETE" and flag != "versioning":
-                    return f"DeleteBucket{name}", self.delete_config
+                    return f"DeleteBucket{name.removesuffix('Configuration')}", self.delete_config
         if m == "GET":
             if "location" in q:
                 return "GetBucketLocation", self.get_location

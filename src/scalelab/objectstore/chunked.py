@@ -8,13 +8,16 @@ bytes with `receive_data` (b"" for end of body) and pulls `Data`, `Trailers` and
 serves every server loop and is tested by splitting bodies at arbitrary points.
 
 Signed chunks are released only after their chained signature verifies, so a consumer never
-sees bytes the client did not sign; unsigned chunks are released as they arrive. Framing is
+sees bytes the client did not sign (a signed chunk is held until complete, hence capped at
+16 MiB by default; SDKs sign 64-128 KiB chunks); unsigned chunks are released as they
+arrive. Framing is
 never part of `Data`. Line ends may be CRLF or bare LF, as clients differ; in trailer modes
 blank lines before the trailers (and, signed, before the trailer signature) are skipped,
 which covers the AWS documentation's example and minio-go's `name:value\\n\\r\\n` form. The
 trailer signature covers the canonical trailer block: `name:value\\n` lines sorted by name
 (the order received is accepted too). At end of body (b""), a missing final blank line is
-tolerated once everything that must be verified has been.
+tolerated once everything that must be verified has been (and a missing line end only after
+x-amz-trailer-signature, which verifies itself).
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ class ChunkedDecoder:
                     raise _incomplete("Unexpected data after the final aws-chunked chunk.")
                 return self._finish()
             elif state is _State.TRAILERS:
-                line = self._line(at_eof_ok=True)
+                # Only the self-verifying signature line may lack its line end at the end.
+                line = self._line(at_eof_ok=self._eof and self._signature_line_pending())
                 if line is None:
                     if self._eof and not self._buf and self._may_end():
                         return self._finish()
@@ -204,8 +208,7 @@ class ChunkedDecoder:
                 if self._trailer_line(line):
                     return self._finish()
             else:
-                if self._buf.strip(b"\r\n"):
-                    raise _incomplete("Unexpected data after the end of the aws-chunked body.")
+                self._check_nothing_after_end()
                 self._buf.clear()
                 return EndOfMessage()
 
@@ -217,14 +220,14 @@ class ChunkedDecoder:
     def _line(self, *, at_eof_ok: bool) -> bytes | None:
         """The next line without its line end, or None if it has not fully arrived."""
         buf = self._buf
-        end = buf.find(b"\n", self._scan)
+        end = buf.find(b"\n", self._scan, MAX_LINE + 1)  # never scan into a chunk's data
         if end < 0:
             if len(buf) > MAX_LINE:
                 raise _incomplete("An aws-chunked framing line is too long.")
             if at_eof_ok and self._eof and buf:
                 end = len(buf)
             else:
-                self._scan = len(buf)
+                self._scan = min(len(buf), MAX_LINE + 1)
                 return None
         if end > MAX_LINE:
             raise _incomplete("An aws-chunked framing line is too long.")
@@ -395,6 +398,14 @@ class ChunkedDecoder:
             "The trailer signature we calculated does not match the signature you provided.",
         )
 
+    def _check_nothing_after_end(self) -> None:
+        if self._buf.strip(b"\r\n"):
+            raise _incomplete("Unexpected data after the end of the aws-chunked body.")
+
+    def _signature_line_pending(self) -> bool:
+        name = TRAILER_SIGNATURE.encode()
+        return self._signed_chunks and self._buf[: len(name)].lower() == name
+
     def _may_end(self) -> bool:
         """At end of body without the final blank line: is the trailer section complete?"""
         if self._signed_chunks:
@@ -402,6 +413,7 @@ class ChunkedDecoder:
         return True
 
     def _finish(self) -> Event:
+        self._check_nothing_after_end()
         if self._state is _State.TRAILERS:
             if self._signed_chunks and not self._trailer_signed:
                 raise S3Error("SignatureDoesNotMatch", "The trailers carry no signature.")

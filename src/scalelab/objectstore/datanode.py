@@ -288,7 +288,7 @@ class DataNode:
     def _rollover(self) -> None:
         """Make the active file read-only and start the next one (append lock held)."""
         old, new_id = self._active, self._active.file_id + 1
-        os.fdatasync(old.fd)  # the read-only file's size is final and durable
+        old.sync(old.size)  # the read-only file's size is final and durable
         new = DataFile.create(self._path(new_id), new_id)
         try:
             with self._writing() as db:
@@ -328,6 +328,11 @@ class DataNode:
     def _commit_batch(self, batch: list[tuple[ObjectWriter, Future[StoredObject]]]) -> None:
         """One fdatasync per touched file, then one transaction, for every pending commit."""
         error: DataStoreError | None = None
+        for w, fut in batch:  # a future cancelled before now (asyncio task gone) is an abort
+            if not fut.set_running_or_notify_cancel():
+                self._files.unpin(w._files)
+        if not (batch := [(w, fut) for w, fut in batch if not fut.cancelled()]):
+            return
         try:
             self._sync(r for w, _ in batch for r in w._records)
             now, live = time.time(), dict[int, int]()
@@ -365,6 +370,8 @@ class DataNode:
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
         with self._db_lock:
+            if self._closed:
+                raise DataStoreError(f"data node {self.directory} is closed")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -569,18 +576,13 @@ class DataNode:
         rows = self._query("SELECT file_id, state, live_bytes FROM files ORDER BY file_id")
         sizes = {file_id: size for file_id, (_, size) in self._files.snapshot().items()}
         per_file = [
-            {"file_id": file_id, "state": state, "size": sizes.get(file_id, 0), "live_bytes": live,
-             "garbage_bytes": max(sizes.get(file_id, 0) - df.FILE_HEADER_SIZE - live, 0)}
-            for file_id, state, live in rows
+            {"file_id": i, "state": state, "size": sizes.get(i, 0), "live_bytes": live,
+             "garbage_bytes": max(sizes.get(i, 0) - df.FILE_HEADER_SIZE - live, 0)}
+            for i, state, live in rows
         ]  # fmt: skip
-        totals = {k: sum(p[k] for p in per_file) for k in ("size", "live_bytes", "garbage_bytes")}
-        return {
-            "files": len(per_file),
-            "bytes_on_disk": totals["size"],
-            "live_bytes": totals["live_bytes"],
-            "garbage_bytes": totals["garbage_bytes"],
-            "per_file": per_file,
-        }
+        total = {k: sum(p[k] for p in per_file) for k in ("size", "live_bytes", "garbage_bytes")}
+        return {"files": len(per_file), "bytes_on_disk": total.pop("size"), **total,
+                "per_file": per_file}  # fmt: skip
 
     def fsck(self) -> dict[str, Any]:
         """Verify every record of every file and every lookup row, from one DB snapshot."""
@@ -595,7 +597,7 @@ class DataNode:
                 files = conn.execute(
                     "SELECT file_id, state, size, live_bytes FROM files"
                 ).fetchall()
-                snapshot = self._files.snapshot()  # after the DB's: every row lies below
+                snapshot = self._files.snapshot()  # taken after the DB's: every row lies below
                 for file_id, state, size, live in files:
                     report["files"] += 1
                     if file_id not in snapshot:
@@ -607,7 +609,18 @@ class DataNode:
                     found, file_problems = df.check(fd, file_id, stop)
                     problems += file_problems
                     report["records"] += len(found)
-                    self._check_rows(conn, file_id, live, found, problems)
+                    rows_live = 0
+                    sql = (
+                        "SELECT object_id, seq, offset, length, crc FROM records WHERE file_id = ?"
+                    )
+                    for oid, seq, offset, n, crc in conn.execute(sql, (file_id,)):
+                        rows_live += HDR + n
+                        h = found.pop(offset, None)  # what remains in found is unreferenced
+                        if h is None or (h.object_id, h.seq, h.length, h.crc) != (oid, seq, n, crc):
+                            problems.append(f"object {oid.hex()} record {seq}: not at offset "
+                                            f"{offset} of data file {file_id}")  # fmt: skip
+                    if rows_live != live:
+                        problems.append(f"data file {file_id}: live_bytes {live} != {rows_live}")
                     report["unreferenced_records"] += len(found)
                     report["unreferenced_bytes"] += sum(h.size for h in found.values())
                 report["objects"] = self._check_objects(conn, problems)
@@ -616,43 +629,21 @@ class DataNode:
         return {**report, "problems": problems, "ok": not problems}
 
     @staticmethod
-    def _check_rows(
-        conn: sqlite3.Connection,
-        file_id: int,
-        live: int,
-        found: dict[int, Any],
-        problems: list[str],
-    ) -> None:
-        """Match a file's lookup rows to its records, leaving the unreferenced in found."""
-        rows_live = 0
-        sql = "SELECT object_id, seq, offset, length, crc FROM records WHERE file_id = ?"
-        for oid, seq, offset, n, crc in conn.execute(sql, (file_id,)):
-            rows_live += HDR + n
-            h = found.pop(offset, None)
-            if h is None or (h.object_id, h.seq, h.length, h.crc) != (oid, seq, n, crc):
-                problems.append(f"object {oid.hex()} record {seq}: no such record at offset "
-                                f"{offset} of data file {file_id}")  # fmt: skip
-        if rows_live != live:
-            problems.append(
-                f"data file {file_id}: live_bytes is {live}, rows add up to {rows_live}"
-            )
-
-    @staticmethod
     def _check_objects(conn: sqlite3.Connection, problems: list[str]) -> int:
         """Every row is in a known file; each object's records are seq 0, 1... back to back."""
         sql = "SELECT COUNT(*) FROM records WHERE file_id NOT IN (SELECT file_id FROM files)"
         if stray := conn.execute(sql).fetchone()[0]:
             problems.append(f"{stray} lookup rows point at data files not in the files table")
-        objects, prev, expect = 0, b"", (0, 0)
-        sql = "SELECT object_id, seq, start, length FROM records ORDER BY object_id, seq"
-        for oid, seq, start, n in conn.execute(sql):
-            if oid != prev:
-                objects, prev, expect = objects + 1, oid, (0, 0)
-            if (seq, start) != expect:
-                problems.append(f"object {oid.hex()}: record {seq} starts at {start}, expected "
-                                f"record {expect[0]} at {expect[1]}")  # fmt: skip
-            expect = (seq + 1, start + n)
-        return objects
+        gaps = conn.execute(
+            "SELECT object_id, seq, start FROM (SELECT object_id, seq, start,"
+            " LAG(seq, 1, -1) OVER w AS prev_seq, LAG(start + length, 1, 0) OVER w AS prev_end"
+            " FROM records WINDOW w AS (PARTITION BY object_id ORDER BY seq))"
+            " WHERE seq != prev_seq + 1 OR start != prev_end LIMIT 100"
+        ).fetchall()
+        problems += [
+            f"object {o.hex()}: record {seq} does not follow on at {at}" for o, seq, at in gaps
+        ]
+        return int(conn.execute("SELECT COUNT(*) FROM records WHERE seq = 0").fetchone()[0])
 
     # ---- closing ----
 

@@ -23,7 +23,7 @@ from scalelab.objectstore.model import (
     quote_etag,
 )
 from scalelab.objectstore.multipart import CompletedPart, Multipart
-from scalelab.objectstore.service import Integrity, ObjectStore
+from scalelab.objectstore.service import INLINE_READ_BYTES, Integrity, ObjectStore
 
 STORED_HEADERS = (
     "cache-control",
@@ -253,6 +253,8 @@ class Handlers:
         headers["Content-Length"] = str(end - start)
         if req.method == "HEAD" or end == start:
             return Response(status, b"", headers)
+        if end - start <= INLINE_READ_BYTES:
+            return Response(status, self.store.read_bytes(version, start, end), headers)
         return Response(status, self.store.read(version, start, end), headers)
 
     async def delete_object(self, req: Request) -> Response:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from scalelab.objectstore.datanode import DataNode
 
 from scalelab.objectstore.api import S3App
+from scalelab.objectstore.background import apply_lifecycle
 from scalelab.objectstore.bucket_handlers import bucket_cors
+from scalelab.objectstore.datanode import DataNode
 from scalelab.objectstore.handlers import Handlers
 from scalelab.objectstore.metadata import MetadataStore
 from scalelab.objectstore.multipart import Multipart
@@ -71,10 +74,39 @@ def database_url(settings: ObjectStoreSettings) -> str:
     return settings.database_url or sql.sqlite_url(settings.data_dir / "metadata.db")
 
 
+class ExclusiveUse:
+    """An flock on the data dir: one server (or one fsck) at a time, never two."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / "objectstore.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> ExclusiveUse:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Runtime:
     """What the app holds while it runs; created in the lifespan, so tests can reopen it."""
 
-    def __init__(self, settings: ObjectStoreSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: ObjectStoreSettings,
+        clock: Callable[[], float] = time.time,
+        *,
+        reclaim: bool = True,
+    ) -> None:
         started = clock()
         self.settings = settings
         self.engine = sql.create_engine(database_url(settings))
@@ -94,14 +126,21 @@ class Runtime:
         )
         self.multipart = Multipart(self.store)
         self.handlers = Handlers(self.store, self.multipart)
-        reclaimed = self.store.reclaim_orphans(started)
-        if reclaimed:
-            log.warning("start-up: reclaimed %d data objects with no metadata", reclaimed)
+        if reclaim:
+            reclaimed = self.store.reclaim_orphans(started)
+            if reclaimed:
+                log.warning("start-up: reclaimed %d data objects with no metadata", reclaimed)
         self.tasks: list[asyncio.Task[None]] = []
 
     def start_background(self) -> None:
         s = self.settings
         self.tasks.append(asyncio.create_task(_every(s.gc_interval_seconds, self.collect_garbage)))
+        self.tasks.append(
+            asyncio.create_task(_every(s.lifecycle_interval_seconds, self.apply_lifecycle))
+        )
+
+    async def apply_lifecycle(self) -> None:
+        await apply_lifecycle(self.store, self.multipart, self.settings.lifecycle_day_seconds)
 
     async def collect_garbage(self) -> None:
         s = self.settings
@@ -116,6 +155,9 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.close_sync()
+
+    def close_sync(self) -> None:
         self.meta.close()
         self.node.close()
         self.engine.dispose()
@@ -140,14 +182,26 @@ def create_app(settings: ObjectStoreSettings, *, clock: Callable[[], float] = ti
         return rt
 
     async def startup() -> None:
-        rt = await anyio.to_thread.run_sync(Runtime, settings, clock)
-        holder["rt"] = rt
+        lock = ExclusiveUse(settings.data_dir)
+        try:
+            lock.__enter__()
+        except BlockingIOError:
+            raise RuntimeError(f"{settings.data_dir} is in use by another server") from None
+        try:
+            rt = await anyio.to_thread.run_sync(Runtime, settings, clock)
+        except BaseException:
+            lock.__exit__()
+            raise
+        holder["rt"], holder["lock"] = rt, lock
         rt.start_background()
 
     async def shutdown() -> None:
         rt = holder.pop("rt", None)
         if rt is not None:
             await rt.close()
+        lock = holder.pop("lock", None)
+        if lock is not None:
+            lock.__exit__()
 
     def health() -> dict[str, Any]:
         rt: Runtime | None = holder.get("rt")

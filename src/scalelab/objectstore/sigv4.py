@@ -163,7 +163,6 @@ def verify(
                 "Signature query string parameter or the Authorization header should be "
                 "specified",
                 ArgumentName="Authorization",
-                ArgumentValue=authorization,
             )
         return _verify_presigned(
             method, raw_path, raw_query, params, headers, secret_for, now, region, max_skew
