@@ -98,7 +98,7 @@ def test_garbage_collection_shrinks_disk(start_s3: Callable[..., S3Server], tmp_
     payloads = {f"obj{i:03d}": os.urandom(50_000) for i in range(120)}
     for key, body in payloads.items():
         s3.put_object(Bucket="gcb", Key=key, Body=body)
-    for key, body in list(payloads.items())[:100]:
+    for key in list(payloads)[:100]:
         s3.delete_object(Bucket="gcb", Key=key)
         del payloads[key]
     node_dir = tmp_path / "data" / "objectstore" / "node0"
