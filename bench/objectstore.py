@@ -1040,8 +1040,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--list-seed-seconds", type=float, default=None, help="cap of LIST seeding per server"
     )
     args = parser.parse_args(argv)
-    # SIGTERM becomes SystemExit so the cleanups (servers, temp dirs) still run.
+    # SIGTERM becomes SystemExit and SIGINT KeyboardInterrupt (even when started with SIGINT
+    # ignored, as background jobs of a script are), so the cleanups still run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     report, ok = run(Plan.from_args(args))
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
