@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ def crc32c_reference(data: bytes) -> int:
 
 
 @pytest.fixture
-def fd(tmp_path: Path) -> int:
+def fd(tmp_path: Path) -> Iterator[int]:
     fd = df.create(tmp_path / "00000007.dat", 7)
-    yield fd  # type: ignore[misc]
+    yield fd
     os.close(fd)
 
 
