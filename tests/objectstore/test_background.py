@@ -215,3 +215,19 @@ def test_cors(s3server: S3Server) -> None:
     assert actual.status_code == 200
     assert actual.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "ETag" in actual.headers["access-control-expose-headers"]
+
+
+def test_orphaned_data_is_reclaimed_at_start(
+    start_s3: Callable[..., S3Server], tmp_path: Path
+) -> None:
+    """Data made durable whose metadata never committed (a crash in between) is reclaimed."""
+    data = tmp_path / "data"
+    server = start_s3(data)
+    s3 = server.client()
+    s3.create_bucket(Bucket="orph")
+    s3.put_object(Bucket="orph", Key="kept", Body=b"kept")
+    orphan = server.runtime.node.put(b"no metadata points at me")
+    server.stop()
+    again = start_s3(data)
+    assert not again.runtime.node.exists(orphan.object_id)
+    assert again.client().get_object(Bucket="orph", Key="kept")["Body"].read() == b"kept"

@@ -59,6 +59,8 @@ def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_
             return page
         for version in rows:
             cursor = version.key
+            if version.delete_marker:
+                continue  # hidden, and a prefix made only of delete markers is hidden too
             common = _rollup(version.key, prefix, delimiter)
             if common is not None:
                 if page.common_prefixes and page.common_prefixes[-1] == common:
@@ -75,8 +77,6 @@ def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_
                 # Jump past everything under the common prefix.
                 cursor = _before(end)
                 break
-            if version.delete_marker:
-                continue
             if count == max_keys:
                 page.truncated = True
                 return page
