@@ -512,7 +512,9 @@ def running(name: str, ws: Workspace, creds: Creds, timeout: float = 120.0) -> I
                 info["rss_after_start_bytes"] = tree_rss(tree_pids(proc.pid))
                 yield Server(name, endpoint, proc, creds, log_path, info)
             finally:
+                stopping = time.perf_counter()
                 info["exit_code"] = stop_group(proc)
+                info["stop_seconds"] = round(time.perf_counter() - stopping, 2)
     finally:
         shutil.rmtree(sdir, ignore_errors=True)
 
@@ -902,7 +904,10 @@ def figures(res: dict[str, Any]) -> dict[str, float]:
             continue
         for op in ("put", "get"):
             e = entry[op]
-            if e.get("errors") or e.get("exit_code"):
+            check = e.get("verify", {})
+            if e.get("errors") or e.get("exit_code") or check.get("sample_sha256_match") is False:
+                continue
+            if check and check["files_ok"] != check["files_expected"]:
                 continue
             out[f"{op}_{key}_objects_per_s"] = e["objects_per_s"]
             out[f"{op}_{key}_MB_per_s"] = e["MB_per_s"]
@@ -947,8 +952,11 @@ def ratios(figs: dict[str, dict[str, float]]) -> dict[str, Any]:
         theirs = figs.get(peer)
         if theirs:
             out[f"scalelab/{peer}"] = {k: ratio(v, theirs.get(k)) for k, v in ours.items()}
-    if "scalelab/moto" in out and figs.get("moto"):
-        out["moto_list_note"] = "moto's list_* figures are over fewer keys (see its list.note)"
+    if "scalelab/moto" in out:
+        out["moto_note"] = (
+            "moto's list_* figures are over fewer keys and its big upload may be smaller (see "
+            "servers.moto.list.note and big_upload.capped_from_bytes)"
+        )
     return out
 
 
@@ -1044,7 +1052,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ignored, as background jobs of a script are), so the cleanups still run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    report, ok = run(Plan.from_args(args))
+    try:
+        report, ok = run(Plan.from_args(args))
+    except KeyboardInterrupt:
+        log("interrupted: servers stopped, temp dirs removed")
+        return 130
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
 

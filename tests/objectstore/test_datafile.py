@@ -62,6 +62,7 @@ def test_golden_file_header() -> None:
             "00000000"  # reserved
         )
     )
+    assert crc32c_reference(df.encode_file_header(7)[:16]) == 0x5C73EAB7
     assert df.decode_file_header(df.encode_file_header(7)) == 7
 
 
@@ -78,7 +79,7 @@ def test_golden_record() -> None:
         "33945d3b"  # CRC-32C of the 36 header bytes above
         "68656c6c6f"  # b"hello"
     )  # fmt: skip
-    assert df.crc32c(header[:36]) == 0x3B5D9433
+    assert crc32c_reference(header[:36]) == 0x3B5D9433
     parsed = df.decode_record_header(header)
     assert parsed == df.RecordHeader(df.KIND_DATA, OID, 2, 5, crc) and parsed.size == 45
 
@@ -161,12 +162,16 @@ def test_check_reports_bad_data_and_keeps_going(fd: int) -> None:
     os.pwrite(fd, b"Z", offsets[1] + df.RECORD_HEADER_SIZE)
     size = os.fstat(fd).st_size
     os.pwrite(fd, b"junk", size)
-    found, problems = df.check(fd, 7, size + 4)
-    assert sorted(found) == offsets
-    assert len(problems) == 2
-    assert "record 1 fails its data checksum" in problems[0]
-    assert "4 bytes unreadable" in problems[1]
-    assert df.check(fd, 8, size)[1][0] == "data file 8: header says file 7"
+    crc = df.crc32c(b"z" * 30)
+    expected = [(OID, 0, offsets[0], 30, crc), (OID, 2, offsets[1], 30, crc)]  # 2nd is wrong
+    result = df.check(fd, 7, size + 4, expected)
+    assert (result.records, result.unreferenced) == (3, 1)
+    assert result.unreferenced_bytes == df.RECORD_HEADER_SIZE + 30
+    assert len(result.problems) == 3
+    assert "record 1 fails its data checksum" in result.problems[0]
+    assert "(4 bytes)" in result.problems[1]
+    assert f"record 2: not at offset {offsets[1]}" in result.problems[2]
+    assert df.check(fd, 8, size, []).problems[0] == "data file 8: header says file 7"
 
 
 def test_dump(tmp_path: Path, fd: int) -> None:

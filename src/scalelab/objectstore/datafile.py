@@ -38,35 +38,14 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from awscrt.checksums import crc32c as _crc32c
 
 from scalelab.objectstore.errors import CorruptObject, DataStoreError
-
-__all__ = [
-    "FILE_HEADER",
-    "FILE_HEADER_SIZE",
-    "RECORD_HEADER",
-    "RECORD_HEADER_SIZE",
-    "BadRecord",
-    "DataFile",
-    "FileTable",
-    "RecordHeader",
-    "RecordScan",
-    "append_record",
-    "check",
-    "crc32c",
-    "create",
-    "data_ok",
-    "dump",
-    "encode_record_header",
-    "read_record",
-    "scan",
-]
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +258,23 @@ def scan(
     return RecordScan(fd, start, stop, verify_data)
 
 
-def check(fd: int, file_id: int, stop: int) -> tuple[dict[int, RecordHeader], list[str]]:
-    """Every record up to stop (offset -> header) and what is wrong: header, data, tail."""
-    problems: list[str] = []
+@dataclass
+class FileCheck:
+    """What check() found in one data file."""
+
+    records: int = 0  # valid records
+    unreferenced: int = 0  # valid records no expected row points at (garbage)
+    unreferenced_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def check(
+    fd: int, file_id: int, stop: int, expected: Iterable[tuple[bytes, int, int, int, int]]
+) -> FileCheck:
+    """Verify a file up to stop: its header, every record's checksums, and that each
+    expected (object id, seq, offset, length, crc) is a record there."""
+    result = FileCheck()
+    problems = result.problems
     try:
         if (found_id := decode_file_header(os.pread(fd, FILE_HEADER_SIZE, 0))) != file_id:
             problems.append(f"data file {file_id}: header says file {found_id}")
@@ -289,26 +282,31 @@ def check(fd: int, file_id: int, stop: int) -> tuple[dict[int, RecordHeader], li
         problems.append(f"data file {file_id}: {exc}")
     found: dict[int, RecordHeader] = {}
     records = scan(fd, stop=stop)
-    for offset, header in records:
-        found[offset] = header
-        if not data_ok(fd, offset, header):
-            problems.append(
-                f"data file {file_id} offset {offset}: object {header.object_id.hex()} "
-                f"record {header.seq} fails its data checksum"
-            )
+    for offset, h in records:
+        found[offset] = h
+        if not data_ok(fd, offset, h):
+            oid = h.object_id.hex()
+            problems.append(f"data file {file_id} offset {offset}: object {oid} record {h.seq} "
+                            "fails its data checksum")  # fmt: skip
     if records.error is not None:
-        problems.append(
-            f"data file {file_id}: {records.error} ({stop - records.end} bytes unreadable)"
-        )
-    return found, problems
+        problems.append(f"data file {file_id}: {records.error} ({stop - records.end} bytes)")
+    result.records = len(found)
+    for object_id, seq, offset, n, crc in expected:
+        rec = found.pop(offset, None)
+        if rec is None or (rec.object_id, rec.seq, rec.length, rec.crc) != (object_id, seq, n, crc):
+            problems.append(f"object {object_id.hex()} record {seq}: not at offset {offset} "
+                            f"of data file {file_id}")  # fmt: skip
+    result.unreferenced = len(found)
+    result.unreferenced_bytes = sum(h.size for h in found.values())
+    return result
 
 
 class DataFile:
     """An open data file: its fd, append end and durable end, and who is using it.
 
-    The node serialises appends and guards pins/refs with its own locks. A retired file
-    (compacted away) keeps its fd until the last reader releases it, so a reader that looked
-    up a location just before compaction moved it still reads the old, intact bytes.
+    The node serialises appends; FileTable guards pins and refs. A retired file (compacted
+    away) keeps its fd until the last reader releases it, so a reader that looked up a
+    location just before compaction moved it still reads the old, intact bytes.
     """
 
     __slots__ = ("fd", "file_id", "path", "pins", "readonly", "refs", "retired", "size", "synced")

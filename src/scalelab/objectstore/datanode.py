@@ -255,9 +255,11 @@ class DataNode:
     # ---- writing ----
 
     def writer(self) -> ObjectWriter:
+        """A writer for a new object (a fresh uuid4: ids are never reused)."""
         return ObjectWriter(self, uuid.uuid4().bytes)
 
     def put(self, data: bytes) -> StoredObject:
+        """Store a whole object; durable on return."""
         with self.writer() as w:
             w.write(data)
             return w.commit()
@@ -288,7 +290,11 @@ class DataNode:
     def _rollover(self) -> None:
         """Make the active file read-only and start the next one (append lock held)."""
         old, new_id = self._active, self._active.file_id + 1
-        old.sync(old.size)  # the read-only file's size is final and durable
+        try:
+            old.sync(old.size)  # the read-only file's size is final and durable
+        except OSError as exc:  # as in _sync: after a failed fsync no write is trusted
+            self._failed = exc
+            raise
         new = DataFile.create(self._path(new_id), new_id)
         try:
             with self._writing() as db:
@@ -590,6 +596,7 @@ class DataNode:
         report = dict.fromkeys(
             ("files", "records", "unreferenced_records", "unreferenced_bytes"), 0
         )
+        sql = "SELECT object_id, seq, offset, length, crc FROM records WHERE file_id = ?"
         with self._maintenance:  # no compaction meanwhile: files stay put
             conn = self._connect(register=False)
             try:
@@ -606,23 +613,14 @@ class DataNode:
                     fd, stop = snapshot[file_id]
                     if state == "readonly" and os.fstat(fd).st_size != size:
                         problems.append(f"data file {file_id} is not {size} bytes long")
-                    found, file_problems = df.check(fd, file_id, stop)
-                    problems += file_problems
-                    report["records"] += len(found)
-                    rows_live = 0
-                    sql = (
-                        "SELECT object_id, seq, offset, length, crc FROM records WHERE file_id = ?"
-                    )
-                    for oid, seq, offset, n, crc in conn.execute(sql, (file_id,)):
-                        rows_live += HDR + n
-                        h = found.pop(offset, None)  # what remains in found is unreferenced
-                        if h is None or (h.object_id, h.seq, h.length, h.crc) != (oid, seq, n, crc):
-                            problems.append(f"object {oid.hex()} record {seq}: not at offset "
-                                            f"{offset} of data file {file_id}")  # fmt: skip
-                    if rows_live != live:
+                    rows = conn.execute(sql, (file_id,)).fetchall()
+                    if (rows_live := sum(HDR + row[3] for row in rows)) != live:
                         problems.append(f"data file {file_id}: live_bytes {live} != {rows_live}")
-                    report["unreferenced_records"] += len(found)
-                    report["unreferenced_bytes"] += sum(h.size for h in found.values())
+                    result = df.check(fd, file_id, stop, rows)
+                    problems += result.problems
+                    report["records"] += result.records
+                    report["unreferenced_records"] += result.unreferenced
+                    report["unreferenced_bytes"] += result.unreferenced_bytes
                 report["objects"] = self._check_objects(conn, problems)
             finally:
                 conn.close()
