@@ -557,3 +557,40 @@ def test_health_and_metrics_unauthenticated(s3server: S3Server) -> None:
     s3server.client().list_buckets()
     metrics = httpx.get(f"{s3server.url}/metrics").text
     assert 's3_requests_total{operation="ListBuckets",status="200"}' in metrics
+
+
+def test_policy_conditions_see_the_request(s3server: S3Server) -> None:
+    """aws:SourceIp and s3:prefix reach the policy: a loopback-only, prefix-scoped grant."""
+    import json
+
+    owner = s3server.client()
+    other = s3server.client(OTHER_ACCESS, OTHER_SECRET)
+    owner.create_bucket(Bucket="cond")
+    owner.put_object(Bucket="cond", Key="public/a", Body=b"a")
+    owner.put_object(Bucket="cond", Key="private/b", Body=b"b")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": OTHER_ACCESS},
+                "Action": "s3:ListBucket",
+                "Resource": "arn:aws:s3:::cond",
+                "Condition": {
+                    "StringLike": {"s3:prefix": "public/*"},
+                    "IpAddress": {"aws:SourceIp": "127.0.0.0/8"},
+                },
+            }
+        ],
+    }
+    owner.put_bucket_policy(Bucket="cond", Policy=json.dumps(policy))
+    listed = other.list_objects_v2(Bucket="cond", Prefix="public/")
+    assert [o["Key"] for o in listed["Contents"]] == ["public/a"]
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        other.list_objects_v2(Bucket="cond", Prefix="private/")
+    assert code_of(exc) == "AccessDenied"
+    policy["Statement"][0]["Condition"]["IpAddress"]["aws:SourceIp"] = "10.0.0.0/8"  # type: ignore[index]
+    owner.put_bucket_policy(Bucket="cond", Policy=json.dumps(policy))
+    with pytest.raises(botocore.exceptions.ClientError) as exc:
+        other.list_objects_v2(Bucket="cond", Prefix="public/")
+    assert code_of(exc) == "AccessDenied"

@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from scalelab.objectstore import chunked, cors, sigv4
 from scalelab.objectstore.errors import DataStoreError, S3Error
 from scalelab.objectstore.s3xml import error_document
+from scalelab.objectstore.service import request_context
 
 log = logging.getLogger("scalelab.objectstore.api")
 
@@ -253,6 +254,7 @@ class S3App:
                 response = self._internal(raw_path)
             else:
                 request = self._request(scope, receive, method, raw_path, raw_query, headers)
+                request_context.set(_condition_keys(scope, request))
                 finished = request.body.finished
                 bucket = request.bucket
                 request.request_id = request_id
@@ -406,6 +408,20 @@ class S3App:
             self.metrics.errors.labels(type(exc).__name__).inc()
             raise
         await send({"type": "http.response.body", "body": b""})
+
+
+def _condition_keys(scope: Scope, request: Request) -> dict[str, str]:
+    """The policy condition keys S3 offers that we can know about this request."""
+    keys = {"aws:SecureTransport": "true" if scope.get("scheme") == "https" else "false"}
+    client = scope.get("client")
+    if client:
+        keys["aws:SourceIp"] = str(client[0])
+    for name in ("prefix", "delimiter", "max-keys"):
+        if name in request.query:
+            keys[f"s3:{name}"] = request.query[name]
+    if request.principal:
+        keys["aws:username"] = request.principal
+    return keys
 
 
 def _header_value(value: str) -> bytes:

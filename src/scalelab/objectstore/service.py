@@ -16,7 +16,8 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -42,6 +43,10 @@ from scalelab.objectstore.model import (
 log = logging.getLogger("scalelab.objectstore")
 
 T = TypeVar("T")
+
+# Condition keys of the request being served (aws:SourceIp, aws:SecureTransport, s3:prefix...),
+# set by the HTTP adapter so bucket policies with conditions can be evaluated here.
+request_context: ContextVar[Mapping[str, str] | None] = ContextVar("request_context", default=None)
 INLINE_READ_BYTES = 1 << 20  # ranges up to this size are read without a thread hop
 
 
@@ -120,6 +125,7 @@ class ObjectStore:
             action=action,
             resource=policy.resource_arn(bucket.name, key),
             policy=parsed,
+            context=request_context.get() or {},
         ):
             raise S3Error("AccessDenied")
 
