@@ -13,19 +13,14 @@ The book shards the object table by hash(bucket, key) once one database is not e
 query here names one bucket and either one key or one key range, which is what makes that
 sharding (and a move to a distributed SQL store) possible without changing callers.
 
-Writes go through `Committer`: a single writer thread gathers whatever operations are waiting
-and runs them in one transaction, each in its own savepoint so one failing precondition does
-not undo its neighbours. Sixteen concurrent PUTs share one fsync instead of paying sixteen.
+Writes are functions of a connection, run by `groupcommit.Committer` (one transaction, one
+fsync, for every write waiting at that moment).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 from sqlalchemy import (
@@ -51,12 +46,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 
 from scalelab.objectstore.errors import S3Error
+from scalelab.objectstore.groupcommit import Committer
 from scalelab.objectstore.model import Bucket, DataRef, ObjectVersion, Part, Upload
-from scalelab.storage.sql import create_schema, writing
+from scalelab.storage.sql import create_schema
 
-log = logging.getLogger("scalelab.objectstore.metadata")
-
-T = TypeVar("T")
 KeyText = Text().with_variant(Text(collation="C"), "postgresql")
 
 metadata = MetaData()
@@ -222,87 +215,6 @@ def _part(row: Row[Any]) -> Part:
         data=DataRef(row.object_id, row.size),
         checksum=row.checksum,
     )
-
-
-class Committer:
-    """Group commit: one writer thread, one transaction per batch, one savepoint per op."""
-
-    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
-        self._engine = writing(engine)
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[Connection], Any], concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="metadata-committer", daemon=True)
-        self._thread.start()
-
-    def submit(self, op: Callable[[Connection], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((op, future))
-        return future
-
-    def run(self, op: Callable[[Connection], T]) -> T:
-        return self.submit(op).result()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(
-        self, batch: list[tuple[Callable[[Connection], Any], concurrent.futures.Future[Any]]]
-    ) -> None:
-        results: list[tuple[concurrent.futures.Future[Any], bool, Any]] = []
-        try:
-            with self._engine.begin() as conn:
-                for op, future in batch:
-                    if len(batch) == 1:
-                        try:
-                            results.append((future, True, op(conn)))
-                        except S3Error as exc:
-                            results.append((future, False, exc))
-                            raise
-                        continue
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = op(conn)
-                    except Exception as exc:
-                        savepoint.rollback()
-                        results.append((future, False, exc))
-                    else:
-                        savepoint.commit()
-                        results.append((future, True, value))
-        except S3Error:
-            pass  # a single op's own failure: rolled back, reported below
-        except Exception as exc:  # the commit itself failed: nobody's write landed
-            log.exception("metadata commit of %d operations failed", len(batch))
-            for _op, future in batch:
-                future.set_exception(exc)
-            return
-        for future, ok, value in results:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
 
 
 class MetadataStore:
