@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scalelab.objectstore.listing import list_latest, list_versions
 from scalelab.objectstore.model import ObjectVersion
 
-ALPHABET = st.sampled_from(["a", "b", "/", "-", "é", "\U0001f600", "z"])
+ALPHABET = st.sampled_from(["a", "b", "/", "-", "é", "\U0001f600", "z", "\U0010ffff"])
 KEYS = st.lists(st.text(ALPHABET, min_size=1, max_size=6), max_size=40, unique=True)
 
 
@@ -28,8 +28,13 @@ def _version(key: str, deleted: bool = False, version_id: str = "null") -> Objec
 def _scan(rows: list[ObjectVersion], prefix: str):  # type: ignore[no-untyped-def]
     keys = [r.key for r in rows]
 
-    def scan(after: str | None, limit: int) -> list[ObjectVersion]:
-        start = 0 if after is None else bisect.bisect_right(keys, after)
+    def scan(after: str | None, inclusive: bool, limit: int) -> list[ObjectVersion]:
+        if after is None:
+            start = 0
+        elif inclusive:
+            start = bisect.bisect_left(keys, after)
+        else:
+            start = bisect.bisect_right(keys, after)
         out = [r for r in rows[start:] if r.key.startswith(prefix)]
         return out[:limit]
 
@@ -99,13 +104,13 @@ def test_version_pages_cover_every_version_once(
     # newest first within a key: higher row id first
     ordered = sorted(rows, key=lambda r: (r[1].key, -r[0]))
 
-    def scan(after_key: str | None, after_row: int | None, limit: int):  # type: ignore[no-untyped-def]
+    def scan(after_key: str | None, after_row: int | None, inclusive: bool, limit: int):  # type: ignore[no-untyped-def]
         out = []
         for rid, v in ordered:
             if after_key is not None:
-                if v.key < after_key or (
-                    v.key == after_key and (after_row is None or rid >= after_row)
-                ):
+                if v.key < after_key:
+                    continue
+                if not inclusive and v.key == after_key and (after_row is None or rid >= after_row):
                     continue
             out.append((rid, v))
         return out[:limit]

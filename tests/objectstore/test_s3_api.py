@@ -594,3 +594,17 @@ def test_policy_conditions_see_the_request(s3server: S3Server) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         other.list_objects_v2(Bucket="cond", Prefix="public/")
     assert code_of(exc) == "AccessDenied"
+
+
+def test_delimiter_paging_past_keys_with_the_highest_code_point(s3: Any) -> None:
+    s3.create_bucket(Bucket="edge")
+    keys = ["a/x", "a/\U0010ffff\U0010ffffz", "b"]
+    for key in keys:
+        s3.put_object(Bucket="edge", Key=key, Body=b"1")
+    seen: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket="edge", Delimiter="/", PaginationConfig={"PageSize": 1}
+    ):
+        seen += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        seen += [o["Key"] for o in page.get("Contents", [])]
+    assert seen == ["a/", "b"]

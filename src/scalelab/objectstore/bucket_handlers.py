@@ -228,7 +228,9 @@ class BucketHandlers:
         else:
             after = q.get("marker") or None
         page = listing.list_latest(
-            lambda cursor, limit: self.store.meta.scan_latest(bucket.name, cursor, prefix, limit),
+            lambda start, inclusive, limit: self.store.meta.scan_latest(
+                bucket.name, start, prefix, limit, inclusive
+            ),
             prefix,
             delimiter,
             after,
@@ -288,7 +290,9 @@ class BucketHandlers:
                 raise S3Error("InvalidArgument", "Invalid version id specified")
         meta = self.store.meta
         page = listing.list_versions(
-            lambda key, row, limit: meta.scan_versions(bucket.name, prefix, key, row, limit),
+            lambda key, row, inclusive, limit: meta.scan_versions(
+                bucket.name, prefix, key, row, limit, inclusive
+            ),
             prefix,
             delimiter,
             key_marker,

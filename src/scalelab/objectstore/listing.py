@@ -2,8 +2,10 @@
 
 The metadata store offers "keys after K with prefix P, in order, N at a time"; this module
 turns that into S3's pages. When a key rolls up into a common prefix (`photos/2024/`), the
-scan jumps past every key under it instead of reading them, so listing the top level of a
-bucket with millions of keys costs one query per prefix returned, not per key stored.
+scan jumps past every key under it instead of reading them (it resumes at the smallest string
+above the prefix, inclusively), so listing the top level of a bucket with millions of keys
+costs one small query per prefix returned, not a read of every key stored. Batches start small
+after a jump and grow while rows are plain keys, so a page of many prefixes reads few rows.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from dataclasses import dataclass, field
 from scalelab.objectstore.metadata import prefix_end
 from scalelab.objectstore.model import ObjectVersion
 
-# scan(after_key, limit) -> latest versions with key > after_key (or all when None)
-Scan = Callable[[str | None, int], list[ObjectVersion]]
-# scan(after_key, after_row_id, limit) -> [(row_id, version)] newest first within a key
-VersionScan = Callable[[str | None, int | None, int], list[tuple[int, ObjectVersion]]]
+# scan(start_key, inclusive, limit) -> latest versions with key > start_key (>= if inclusive)
+Scan = Callable[[str | None, bool, int], list[ObjectVersion]]
+# scan(start_key, after_row_id, inclusive, limit) -> [(row_id, version)], newest first per key
+VersionScan = Callable[[str | None, int | None, bool, int], list[tuple[int, ObjectVersion]]]
+
+FIRST_BATCH = 16
+MAX_BATCH = 1000
 
 
 @dataclass
@@ -45,26 +50,37 @@ def _rollup(key: str, prefix: str, delimiter: str) -> str | None:
     return key[: at + len(delimiter)] if at >= 0 else None
 
 
+def _resume(marker: str | None, prefix: str, delimiter: str) -> tuple[str | None, bool]:
+    """Where to continue after `marker`: a marker that is a common prefix skips all under it."""
+    if marker is None or not delimiter or _rollup(marker, prefix, delimiter) != marker:
+        return marker, False
+    end = prefix_end(marker)
+    return (marker, False) if end is None else (end, True)
+
+
+def _first_batch(max_keys: int, delimiter: str) -> int:
+    return min(max_keys + 1, FIRST_BATCH if delimiter else MAX_BATCH)
+
+
 def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_keys: int) -> Page:
     """One page of current objects (delete markers hidden), S3's ListObjects semantics."""
     page = Page()
     if max_keys <= 0:
         return page
-    cursor = _resume(after, prefix, delimiter)
-    batch = min(max(max_keys + 1, 100), 1000)
+    cursor, inclusive = _resume(after, prefix, delimiter)
+    batch = _first_batch(max_keys, delimiter)
     count = 0
     while True:
-        rows = scan(cursor, batch)
+        rows = scan(cursor, inclusive, batch)
         if not rows:
             return page
+        jumped = False
         for version in rows:
-            cursor = version.key
+            cursor, inclusive = version.key, False
             if version.delete_marker:
                 continue  # hidden, and a prefix made only of delete markers is hidden too
             common = _rollup(version.key, prefix, delimiter)
             if common is not None:
-                if page.common_prefixes and page.common_prefixes[-1] == common:
-                    continue
                 if count == max_keys:
                     page.truncated = True
                     return page
@@ -74,8 +90,7 @@ def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_
                 end = prefix_end(common)
                 if end is None:
                     return page
-                # Jump past everything under the common prefix.
-                cursor = _before(end)
+                cursor, inclusive, jumped = end, True, True
                 break
             if count == max_keys:
                 page.truncated = True
@@ -83,22 +98,9 @@ def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_
             page.contents.append(version)
             page.next_marker = version.key
             count += 1
-        else:
-            if len(rows) < batch:
-                return page
-
-
-def _resume(marker: str | None, prefix: str, delimiter: str) -> str | None:
-    """Where to continue after `marker`; a marker that is a common prefix skips all under it."""
-    if marker is None or not delimiter or _rollup(marker, prefix, delimiter) != marker:
-        return marker
-    end = prefix_end(marker)
-    return marker if end is None else _before(end)
-
-
-def _before(upper: str) -> str:
-    """A string just below `upper`: every key under the rolled-up prefix is <= it."""
-    return upper[:-1] + chr(ord(upper[-1]) - 1) + "\U0010ffff"
+        if not jumped and len(rows) < batch:
+            return page
+        batch = _first_batch(max_keys, delimiter) if jumped else min(batch * 2, MAX_BATCH)
 
 
 def list_versions(
@@ -113,21 +115,20 @@ def list_versions(
     page = VersionPage()
     if max_keys <= 0:
         return page
-    cursor_key, cursor_row = key_marker, after_row
+    cursor_key, cursor_row, inclusive = key_marker, after_row, False
     if after_row is None:
-        cursor_key = _resume(key_marker, prefix, delimiter)
-    batch = min(max(max_keys + 1, 100), 1000)
+        cursor_key, inclusive = _resume(key_marker, prefix, delimiter)
+    batch = _first_batch(max_keys, delimiter)
     count = 0
     while True:
-        rows = scan(cursor_key, cursor_row, batch)
+        rows = scan(cursor_key, cursor_row, inclusive, batch)
         if not rows:
             return page
+        jumped = False
         for row_id, version in rows:
-            cursor_key, cursor_row = version.key, row_id
+            cursor_key, cursor_row, inclusive = version.key, row_id, False
             common = _rollup(version.key, prefix, delimiter)
             if common is not None:
-                if page.common_prefixes and page.common_prefixes[-1] == common:
-                    continue
                 if count == max_keys:
                     page.truncated = True
                     return page
@@ -138,7 +139,7 @@ def list_versions(
                 end = prefix_end(common)
                 if end is None:
                     return page
-                cursor_key, cursor_row = _before(end), None
+                cursor_key, cursor_row, inclusive, jumped = end, None, True, True
                 break
             if count == max_keys:
                 page.truncated = True
@@ -148,6 +149,6 @@ def list_versions(
             page.next_version_id_marker = version.version_id
             page.next_row_id = row_id
             count += 1
-        else:
-            if len(rows) < batch:
-                return page
+        if not jumped and len(rows) < batch:
+            return page
+        batch = _first_batch(max_keys, delimiter) if jumped else min(batch * 2, MAX_BATCH)

@@ -364,9 +364,10 @@ class MetadataStore:
         )
 
     def scan_latest(
-        self, bucket: str, after: str | None, prefix: str, limit: int
+        self, bucket: str, after: str | None, prefix: str, limit: int, inclusive: bool = False
     ) -> list[ObjectVersion]:
-        """Latest versions (delete markers included) with key > after, key starting with prefix."""
+        """Latest versions (delete markers included) with key > after (>= when inclusive),
+        key starting with prefix."""
         query = select(objects).where(
             objects.c.bucket == bucket,
             objects.c.is_latest == True,  # noqa: E712
@@ -377,15 +378,22 @@ class MetadataStore:
             if upper is not None:
                 query = query.where(objects.c.key < upper)
         if after is not None:
-            query = query.where(objects.c.key > after)
+            query = query.where(objects.c.key >= after if inclusive else objects.c.key > after)
         query = query.order_by(objects.c.key).limit(limit)
         with self.engine.connect() as conn:
             return [_version(r) for r in conn.execute(query)]
 
     def scan_versions(
-        self, bucket: str, prefix: str, after_key: str | None, after_id: int | None, limit: int
+        self,
+        bucket: str,
+        prefix: str,
+        after_key: str | None,
+        after_id: int | None,
+        limit: int,
+        inclusive: bool = False,
     ) -> list[tuple[int, ObjectVersion]]:
-        """All versions by key, newest first within a key; resumes after (key, row id)."""
+        """All versions by key, newest first within a key; resumes after (key, row id), or at
+        `after_key` itself when inclusive."""
         query = select(objects).where(objects.c.bucket == bucket)
         if prefix:
             query = query.where(objects.c.key >= prefix)
@@ -393,7 +401,9 @@ class MetadataStore:
             if upper is not None:
                 query = query.where(objects.c.key < upper)
         if after_key is not None:
-            if after_id is None:
+            if inclusive:
+                query = query.where(objects.c.key >= after_key)
+            elif after_id is None:
                 query = query.where(objects.c.key > after_key)
             else:
                 query = query.where(
