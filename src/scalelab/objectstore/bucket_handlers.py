@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from urllib.parse import quote
 
 from scalelab.objectstore import cors, lifecycle, listing, policy, s3xml
 from scalelab.objectstore.api import Handler, Request, Response
 from scalelab.objectstore.errors import S3Error
-from scalelab.objectstore.model import VERSIONING_STATES, Bucket, ObjectVersion
+from scalelab.objectstore.model import VERSIONING_STATES, ObjectVersion
 from scalelab.objectstore.multipart import Multipart
 from scalelab.objectstore.service import ObjectStore
 
@@ -437,7 +438,13 @@ def _decode_token(token: str) -> str:
 
 
 def bucket_cors(store: ObjectStore, name: str) -> list[cors.CorsRule] | None:
-    found: Bucket | None = store.meta.get_bucket(name)
-    if found is None or found.cors is None:
+    try:
+        found = store.bucket(name)
+    except S3Error:
         return None
-    return cors.parse_cors(found.cors)
+    return None if found.cors is None else _parsed_cors(found.cors)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_cors(document: bytes) -> list[cors.CorsRule]:
+    return cors.parse_cors(document)

@@ -105,6 +105,7 @@ class ObjectStore:
         self.region = region
         self.admins = admins
         self.clock = clock
+        self._buckets: dict[str, Bucket] = {}
 
     # authorization (the book's IAM) --------------------------------------------------------
 
@@ -130,10 +131,24 @@ class ObjectStore:
             raise S3Error("AccessDenied")
 
     def bucket(self, name: str) -> Bucket:
-        found = self.meta.get_bucket(name)
+        """The bucket, from a process-local cache: every request needs it, few change it.
+
+        This process is the only writer of its metadata (the data dir is locked), and every
+        bucket change below drops the entry after committing, so the cache cannot go stale.
+        """
+        found = self._buckets.get(name)
         if found is None:
-            raise S3Error("NoSuchBucket", BucketName=name)
+            found = self.meta.get_bucket(name)
+            if found is None:
+                raise S3Error("NoSuchBucket", BucketName=name)
+            self._buckets[name] = found
         return found
+
+    async def _bucket_change(self, name: str, op: Callable[[Connection], None]) -> None:
+        try:
+            await self.commit(op)
+        finally:
+            self._buckets.pop(name, None)
 
     def checked_bucket(
         self, principal: str | None, name: str, operation: str, key: str | None = None
@@ -166,17 +181,17 @@ class ObjectStore:
                 f"this endpoint serves region {self.region}, not {location}",
             )
         bucket = Bucket(name=name, owner=principal, created=self.clock(), region=self.region)
-        await self.commit(lambda conn: self.meta.create_bucket(conn, bucket))
+        await self._bucket_change(name, lambda conn: self.meta.create_bucket(conn, bucket))
 
     async def delete_bucket(self, principal: str | None, name: str) -> None:
         self.checked_bucket(principal, name, "DeleteBucket")
-        await self.commit(lambda conn: self.meta.delete_bucket(conn, name))
+        await self._bucket_change(name, lambda conn: self.meta.delete_bucket(conn, name))
 
     async def update_bucket(
         self, principal: str | None, name: str, operation: str, **values: object
     ) -> None:
         self.checked_bucket(principal, name, operation)
-        await self.commit(lambda conn: self.meta.update_bucket(conn, name, **values))
+        await self._bucket_change(name, lambda conn: self.meta.update_bucket(conn, name, **values))
 
     # writing data -----------------------------------------------------------------------
 
