@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -101,6 +102,7 @@ def running(args: list[str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
         "PYTHONUNBUFFERED": "1",
         "SCALELAB_DATA": str(tmp_path),
         "SCALELAB_PROXIMITY_PORT": "0",
+        "SCALELAB_OBJECTSTORE_PORT": "0",
         "SCALELAB_CONSOLE_PORT": "0",
         "SCALELAB_PROXIMITY_DEMO_BUSINESSES": "500",
         "COLUMNS": "200",
@@ -138,6 +140,20 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
         systems = httpx.get(f"{cons.group(1)}/api/systems", timeout=30).json()["systems"]
         assert {s["system"]: s["status"] for s in systems}["proximity"] == "healthy", systems
         assert prox.group(1) in httpx.get(cons.group(1)).text
+        store = re.search(r"objectstore\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        access = re.search(r"dev access key: (\S+)", text)
+        secret = re.search(r"dev secret key: (\S+)", text)
+        assert store and access and secret, text
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=store.group(1),
+            aws_access_key_id=access.group(1),
+            aws_secret_access_key=secret.group(1),
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket="from-up")
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["from-up"]
+        s3.close()
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         child_pids = [int(p) for p in children.stdout.split()]
         assert child_pids
