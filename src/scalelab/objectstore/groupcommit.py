@@ -1,18 +1,18 @@
 """Group commit for the metadata store: many writers, one transaction, one fsync.
 
 A single writer thread gathers whatever operations are waiting and runs them in one
-transaction, each in its own savepoint, so one failing precondition (an `If-None-Match` that
-does not hold) does not undo its neighbours. Sixteen concurrent PUTs share one fsync instead of
-paying sixteen, and SQLite never sees two writers.
+transaction; if one fails (an `If-None-Match` that does not hold), the batch is redone one
+transaction per op, so a failure never undoes its neighbours. Sixteen concurrent PUTs share
+one fsync instead of paying sixteen, and SQLite never sees two writers.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -31,14 +31,14 @@ class Committer:
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self._engine = writing(engine)
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[Connection], Any], concurrent.futures.Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(target=self._run, name="metadata-committer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: Callable[[Connection], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    def submit(self, op: Callable[[Connection], T]) -> Future[T]:
+        future: Future[T] = Future()
         self._queue.put((op, future))
         return future
 
@@ -69,38 +69,26 @@ class Committer:
             if stop:
                 return
 
-    def _commit(
-        self, batch: list[tuple[Callable[[Connection], Any], concurrent.futures.Future[Any]]]
-    ) -> None:
-        results: list[tuple[concurrent.futures.Future[Any], bool, Any]] = []
+    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+        """All ops in one transaction; if any op fails, redo them one transaction each.
+
+        Failures (a precondition that does not hold, a bucket that vanished) are rare, so the
+        common path pays no savepoints; ops are functions of the connection and safe to re-run,
+        because nothing of the failed attempt was committed.
+        """
+        values: list[Any] = []
         try:
             with self._engine.begin() as conn:
-                for op, future in batch:
-                    if len(batch) == 1:
-                        try:
-                            results.append((future, True, op(conn)))
-                        except S3Error as exc:
-                            results.append((future, False, exc))
-                            raise
-                        continue
-                    savepoint = conn.begin_nested()
-                    try:
-                        value = op(conn)
-                    except Exception as exc:
-                        savepoint.rollback()
-                        results.append((future, False, exc))
-                    else:
-                        savepoint.commit()
-                        results.append((future, True, value))
-        except S3Error:
-            pass  # a single op's own failure: rolled back, reported below
-        except Exception as exc:  # the commit itself failed: nobody's write landed
-            log.exception("metadata commit of %d operations failed", len(batch))
-            for _op, future in batch:
-                future.set_exception(exc)
+                for op, _future in batch:
+                    values.append(op(conn))
+        except Exception as exc:
+            if len(batch) == 1:
+                if not isinstance(exc, S3Error):
+                    log.exception("metadata commit failed")
+                batch[0][1].set_exception(exc)
+                return
+            for item in batch:
+                self._commit([item])
             return
-        for future, ok, value in results:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        for (_op, future), value in zip(batch, values, strict=True):
+            future.set_result(value)

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -44,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.elements import BindParameter
 
 from scalelab.objectstore.errors import S3Error
 from scalelab.objectstore.groupcommit import Committer
@@ -124,6 +126,34 @@ parts = Table(
     Column("object_id", Text, nullable=False),
     Column("checksum", Text),
 )
+
+
+# Hot statements, built once: constructing a select() costs more than running it on SQLite.
+_B: BindParameter[str] = bindparam("b")
+_K: BindParameter[str] = bindparam("k")
+_V: BindParameter[str] = bindparam("v")
+_BUCKET_BY_NAME = select(buckets).where(buckets.c.name == bindparam("name"))
+_LATEST = (
+    select(objects)
+    .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.is_latest == True)  # noqa: E712
+    .limit(1)
+)
+_BY_VERSION = (
+    select(objects)
+    .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.version_id == _V)
+    .limit(1)
+)
+_DELETE_NULL = (
+    delete(objects)
+    .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.version_id == "null")
+    .returning(*objects.c)
+)
+_DEMOTE_LATEST = (
+    update(objects)
+    .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.is_latest == True)  # noqa: E712
+    .values(is_latest=False, noncurrent_since=bindparam("since"))
+)
+_INSERT_VERSION = insert(objects)
 
 
 def encode_data(refs: tuple[DataRef, ...]) -> str:
@@ -234,13 +264,13 @@ class MetadataStore:
 
     def get_bucket(self, name: str) -> Bucket | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(buckets).where(buckets.c.name == name)).first()
+            row = conn.execute(_BUCKET_BY_NAME, {"name": name}).first()
         return _bucket(row) if row else None
 
     @staticmethod
     def get_bucket_in(conn: Connection, name: str) -> Bucket:
         """The bucket as this transaction sees it (NoSuchBucket if it is gone)."""
-        row = conn.execute(select(buckets).where(buckets.c.name == name)).first()
+        row = conn.execute(_BUCKET_BY_NAME, {"name": name}).first()
         if row is None:
             raise S3Error("NoSuchBucket", BucketName=name)
         return _bucket(row)
@@ -295,16 +325,15 @@ class MetadataStore:
         self, bucket: str, key: str, version_id: str | None = None, conn: Connection | None = None
     ) -> ObjectVersion | None:
         """The latest version (delete marker included) or the named one."""
-        query = select(objects).where(objects.c.bucket == bucket, objects.c.key == key)
         if version_id is None:
-            query = query.where(objects.c.is_latest == True)  # noqa: E712
+            query, params = _LATEST, {"b": bucket, "k": key}
         else:
-            query = query.where(objects.c.version_id == version_id)
+            query, params = _BY_VERSION, {"b": bucket, "k": key, "v": version_id}
         if conn is not None:
-            row = conn.execute(query.limit(1)).first()
+            row = conn.execute(query, params).first()
         else:
             with self.engine.connect() as c:
-                row = c.execute(query.limit(1)).first()
+                row = c.execute(query, params).first()
         return _version(row) if row else None
 
     @staticmethod
@@ -315,20 +344,11 @@ class MetadataStore:
         buckets); otherwise the previous latest stays as a noncurrent version.
         """
         replaced: list[ObjectVersion] = []
-        where_key = and_(objects.c.bucket == version.bucket, objects.c.key == version.key)
+        key = {"b": version.bucket, "k": version.key}
         if version.version_id == "null":
-            rows = conn.execute(
-                select(objects).where(where_key, objects.c.version_id == "null")
-            ).all()
-            if rows:
-                replaced = [_version(r) for r in rows]
-                conn.execute(delete(objects).where(where_key, objects.c.version_id == "null"))
-        conn.execute(
-            update(objects)
-            .where(where_key, objects.c.is_latest == True)  # noqa: E712
-            .values(is_latest=False, noncurrent_since=version.last_modified)
-        )
-        conn.execute(insert(objects).values(**_version_values(version)))
+            replaced = [_version(r) for r in conn.execute(_DELETE_NULL, key)]
+        conn.execute(_DEMOTE_LATEST, {**key, "since": version.last_modified})
+        conn.execute(_INSERT_VERSION, _version_values(version))
         return replaced
 
     @staticmethod
