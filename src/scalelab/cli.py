@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -25,7 +24,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from scalelab import __version__
+from scalelab import __version__, web
 from scalelab.config import DATA_ENV, SettingsError
 from scalelab.objectstore import cli as objectstore_cli
 from scalelab.systems import CONSOLE_PORT, SYSTEMS, SystemInfo, lookup
@@ -81,7 +80,7 @@ def serve(system: str, host: str | None, port: int | None, demo: bool, data: Pat
     if os.environ.get(_WATCH_PARENT) == "1":
         threading.Thread(target=_exit_with_parent, daemon=True, name="parent watch").start()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(settings, demo=demo, announce=announce))
+        web.run(server.serve(settings, demo=demo, announce=announce))
 
 
 _WATCH_PARENT = "SCALELAB_EXIT_WITH_PARENT"
@@ -204,7 +203,7 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
         console.print("Press Ctrl-C to stop.")
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(server.serve())
+            web.run(server.serve())
     finally:
         _stop(children)
         console.print("stopped")

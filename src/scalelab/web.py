@@ -15,9 +15,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import uvicorn
@@ -222,6 +222,23 @@ def url_of(sock: socket.socket, scheme: str = "http") -> str:
     return f"{scheme}://{host}:{port}"
 
 
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, on uvloop when it is installed (uvicorn[standard] brings it).
+
+    uvicorn picks uvloop only in its own `run()`; we drive `Server.serve()` ourselves, so the
+    choice is made here. uvloop roughly halves the event loop's share of each request.
+    """
+    try:
+        import uvloop
+    except ImportError:  # a plain `pip install uvicorn`: the stdlib loop works too
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 class _Server(uvicorn.Server):
     """uvicorn, but SIGINT/SIGTERM only ask it to exit.
 
@@ -283,7 +300,7 @@ class ServerThread:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self.server.serve())
+            run(self.server.serve())
         except BaseException as exc:  # surfaced by start()
             self._error = exc
 
