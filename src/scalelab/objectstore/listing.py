@@ -71,6 +71,7 @@ def list_latest(scan: Scan, prefix: str, delimiter: str, after: str | None, max_
     batch = _first_batch(max_keys, delimiter)
     count = 0
     while True:
+        batch = min(batch, max_keys - count + 1)  # never read past what the page can hold
         rows = scan(cursor, inclusive, batch)
         if not rows:
             return page
@@ -121,6 +122,7 @@ def list_versions(
     batch = _first_batch(max_keys, delimiter)
     count = 0
     while True:
+        batch = min(batch, max_keys - count + 1)
         rows = scan(cursor_key, cursor_row, inclusive, batch)
         if not rows:
             return page

@@ -19,7 +19,7 @@ fsync, for every write waiting at that moment).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -199,6 +199,35 @@ def _version(row: Row[Any]) -> ObjectVersion:
         parts_count=row.parts_count,
         owner=row.owner,
         noncurrent_since=row.noncurrent_since,
+    )
+
+
+# What a listing shows: no stored headers, tags or data manifest to decode per row.
+_LISTED = (
+    objects.c.id,
+    objects.c.key,
+    objects.c.version_id,
+    objects.c.is_latest,
+    objects.c.delete_marker,
+    objects.c.last_modified,
+    objects.c.size,
+    objects.c.etag,
+    objects.c.owner,
+)
+
+
+def _listed(bucket: str, row: Sequence[Any]) -> ObjectVersion:
+    _id, key, version_id, is_latest, delete_marker, last_modified, size, etag, owner = row
+    return ObjectVersion(
+        bucket=bucket,
+        key=key,
+        version_id=version_id,
+        is_latest=bool(is_latest),
+        delete_marker=bool(delete_marker),
+        last_modified=last_modified,
+        size=size,
+        etag=etag,
+        owner=owner,
     )
 
 
@@ -387,8 +416,8 @@ class MetadataStore:
         self, bucket: str, after: str | None, prefix: str, limit: int, inclusive: bool = False
     ) -> list[ObjectVersion]:
         """Latest versions (delete markers included) with key > after (>= when inclusive),
-        key starting with prefix."""
-        query = select(objects).where(
+        key starting with prefix; listing columns only (no headers, tags or manifest)."""
+        query = select(*_LISTED).where(
             objects.c.bucket == bucket,
             objects.c.is_latest == True,  # noqa: E712
         )
@@ -401,7 +430,7 @@ class MetadataStore:
             query = query.where(objects.c.key >= after if inclusive else objects.c.key > after)
         query = query.order_by(objects.c.key).limit(limit)
         with self.engine.connect() as conn:
-            return [_version(r) for r in conn.execute(query)]
+            return [_listed(bucket, r) for r in conn.execute(query)]
 
     def scan_versions(
         self,
@@ -411,10 +440,12 @@ class MetadataStore:
         after_id: int | None,
         limit: int,
         inclusive: bool = False,
+        *,
+        full: bool = False,
     ) -> list[tuple[int, ObjectVersion]]:
         """All versions by key, newest first within a key; resumes after (key, row id), or at
         `after_key` itself when inclusive."""
-        query = select(objects).where(objects.c.bucket == bucket)
+        query = (select(objects) if full else select(*_LISTED)).where(objects.c.bucket == bucket)
         if prefix:
             query = query.where(objects.c.key >= prefix)
             upper = prefix_end(prefix)
@@ -432,7 +463,9 @@ class MetadataStore:
                 )
         query = query.order_by(objects.c.key, objects.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [(r.id, _version(r)) for r in conn.execute(query)]
+            if full:
+                return [(r.id, _version(r)) for r in conn.execute(query)]
+            return [(r[0], _listed(bucket, r)) for r in conn.execute(query)]
 
     def version_row_id(self, bucket: str, key: str, version_id: str) -> int | None:
         with self.engine.connect() as conn:
@@ -448,7 +481,12 @@ class MetadataStore:
         after: tuple[str, int] | None = None
         while True:
             rows = self.scan_versions(
-                bucket, "", after[0] if after else None, after[1] if after else None, batch
+                bucket,
+                "",
+                after[0] if after else None,
+                after[1] if after else None,
+                batch,
+                full=True,
             )
             for row_id, version in rows:
                 yield version
