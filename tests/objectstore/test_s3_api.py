@@ -608,3 +608,28 @@ def test_delimiter_paging_past_keys_with_the_highest_code_point(s3: Any) -> None
         seen += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
         seen += [o["Key"] for o in page.get("Contents", [])]
     assert seen == ["a/", "b"]
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+def test_payload_hash_mismatch_is_refused(s3server: S3Server, size: int) -> None:
+    """x-amz-content-sha256 is checked for small (inline) and large (worker-hashed) bodies."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from tests.objectstore.conftest import ACCESS, SECRET
+
+    s3server.client().create_bucket(Bucket="hashes")
+    body = os.urandom(size)
+    tampered = bytes([body[0] ^ 1]) + body[1:]
+    for sent, ok in ((body, True), (tampered, False)):
+        request = AWSRequest(method="PUT", url=f"{s3server.url}/hashes/k", data=body)
+        S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+        assert request.headers["X-Amz-Content-SHA256"] == hashlib.sha256(body).hexdigest()
+        reply = httpx.put(request.url, content=sent, headers=dict(request.headers.items()))
+        if ok:
+            assert reply.status_code == 200, reply.text
+        else:
+            assert reply.status_code == 400 and b"XAmzContentSHA256Mismatch" in reply.content
+    got = s3server.client().get_object(Bucket="hashes", Key="k")["Body"].read()
+    assert got == body

@@ -53,6 +53,7 @@ class RequestBody:
         payload = headers.get("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
         self._decoder: chunked.ChunkedDecoder | None = None
         self._sha256: Any = None
+        self._hash_outside = False
         self._signed = signed
         encoding = headers.get("content-encoding", "")
         if payload in STREAMING_MODES or "aws-chunked" in encoding:
@@ -80,7 +81,7 @@ class RequestBody:
             data: bytes = message.get("body", b"")
             more = message.get("more_body", False)
             if decoder is None:
-                if self._sha256 is not None:
+                if self._sha256 is not None and not self._hash_outside:
                     self._sha256.update(data)
                 if data:
                     yield data
@@ -102,6 +103,16 @@ class RequestBody:
                     more = False
                     break
         self.finished[0] = True
+        if not self._hash_outside:
+            self.verify_payload()
+
+    def take_payload_hash(self) -> Any:
+        """Hand the x-amz-content-sha256 hash to the consumer, who feeds it the bytes (off the
+        event loop, with its own hashing) and then calls `verify_payload`."""
+        self._hash_outside = True
+        return self._sha256
+
+    def verify_payload(self) -> None:
         if self._sha256 is not None and self._signed is not None:
             sigv4.check_payload(self._signed, self._sha256.hexdigest())
 

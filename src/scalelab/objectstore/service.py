@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import logging
@@ -19,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
@@ -48,6 +49,7 @@ T = TypeVar("T")
 # set by the HTTP adapter so bucket policies with conditions can be evaluated here.
 request_context: ContextVar[Mapping[str, str] | None] = ContextVar("request_context", default=None)
 INLINE_READ_BYTES = 1 << 20  # ranges up to this size are read without a thread hop
+OFFLOAD_BYTES = 1 << 20  # body bytes hashed and written per worker-thread hop
 
 
 class Body(Protocol):
@@ -56,6 +58,12 @@ class Body(Protocol):
     trailers: dict[str, str]
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def take_payload_hash(self) -> Any:
+        """The payload hash (hashlib object) the consumer must update, or None."""
+
+    def verify_payload(self) -> None:
+        """After the consumer has fed every byte to the payload hash: raise on mismatch."""
 
 
 @dataclass
@@ -201,21 +209,48 @@ class ObjectStore:
         """Stream a body to the data store, verifying what the client asked; durable on return."""
         writer = self.node.writer()
         md5 = hashlib.md5(usedforsecurity=False)
-        hashers = {alg: checksums.new_hasher(alg) for alg in integrity.algorithms()}
+        hashers = [checksums.new_hasher(alg) for alg in integrity.algorithms()]
+        payload_hash = body.take_payload_hash()
+
+        def consume(piece: bytes) -> None:
+            md5.update(piece)
+            for hasher in hashers:
+                hasher.update(piece)
+            if payload_hash is not None:
+                payload_hash.update(piece)
+            writer.write(piece)
+
+        # Bodies arrive in socket-sized chunks; hashing and writing go to a worker thread a
+        # MiB at a time (hashlib, CRC and pwrite release the GIL), one piece in flight while
+        # the event loop receives the next: large uploads use both cores, small ones stay
+        # inline.
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        buf = bytearray()
         size = 0
         try:
             async for chunk in body:
                 size += len(chunk)
                 if size > limit:
                     raise S3Error("EntityTooLarge", MaxSizeAllowed=str(limit))
-                md5.update(chunk)
-                for hasher in hashers.values():
-                    hasher.update(chunk)
-                writer.write(chunk)
-            computed = {alg: h.b64digest() for alg, h in hashers.items()}
+                buf += chunk
+                if len(buf) >= OFFLOAD_BYTES:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, consume, bytes(buf))
+                    buf.clear()
+            if pending is not None:
+                await pending
+            if buf or size == 0:
+                consume(bytes(buf))
+            body.verify_payload()
+            computed = {h.algorithm: h.b64digest() for h in hashers}
             _verify(integrity, md5.digest(), computed, body.trailers)
             stored = await asyncio.wrap_future(writer.commit_future())
         except BaseException:
+            if pending is not None and not pending.done():
+                with contextlib.suppress(BaseException):
+                    await pending
             writer.abort()
             raise
         return Written(DataRef(stored.object_id, stored.size), md5.hexdigest(), computed)
@@ -465,6 +500,12 @@ class _StreamBody:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._stream
+
+    def take_payload_hash(self) -> Any:
+        return None
+
+    def verify_payload(self) -> None:
+        return None
 
 
 def _verify(
