@@ -106,6 +106,7 @@ def test_garbage_collection_shrinks_disk(start_s3: Callable[..., S3Server], tmp_
     def disk() -> int:
         return sum(p.stat().st_size for p in node_dir.glob("*.dat"))
 
+    server.runtime.store.reclaimer.flush()
     before = disk()
     report = server.runtime.node.compact(0.5)
     assert report["files_compacted"] >= 1

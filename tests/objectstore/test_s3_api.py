@@ -633,3 +633,34 @@ def test_payload_hash_mismatch_is_refused(s3server: S3Server, size: int) -> None
             assert reply.status_code == 400 and b"XAmzContentSHA256Mismatch" in reply.content
     got = s3server.client().get_object(Bucket="hashes", Key="k")["Body"].read()
     assert got == body
+
+
+def test_reads_during_overwrites_see_whole_versions(s3server: S3Server) -> None:
+    """A GET racing an overwrite returns the old or the new bytes, never an error."""
+    import threading
+
+    s3 = s3server.client()
+    s3.create_bucket(Bucket="race")
+    bodies = [bytes([i]) * 200_000 for i in range(2)]
+    s3.put_object(Bucket="race", Key="k", Body=bodies[0])
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def overwrite() -> None:
+        writer = s3server.client()
+        i = 0
+        while not stop.is_set():
+            writer.put_object(Bucket="race", Key="k", Body=bodies[i % 2])
+            i += 1
+
+    thread = threading.Thread(target=overwrite)
+    thread.start()
+    try:
+        for _ in range(150):
+            got = s3.get_object(Bucket="race", Key="k")["Body"].read()
+            if got not in bodies:
+                problems.append(f"torn read of {len(got)} bytes")
+    finally:
+        stop.set()
+        thread.join()
+    assert not problems

@@ -87,6 +87,7 @@ async def apply_lifecycle(store: ObjectStore, multipart: Multipart, day_seconds:
 
 def fsck(store: ObjectStore) -> dict[str, Any]:
     """The data node's own check plus metadata/data agreement; `problems` lists each fault."""
+    store.reclaimer.flush()
     report = store.node.fsck()
     problems: list[str] = list(report.get("problems", []))
     referenced = store.meta.referenced_data_ids()

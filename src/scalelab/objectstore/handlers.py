@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote
 from scalelab.objectstore import checksums, s3xml
 from scalelab.objectstore.api import Handler, Request, Response
 from scalelab.objectstore.bucket_handlers import BucketHandlers
-from scalelab.objectstore.errors import S3Error
+from scalelab.objectstore.errors import ObjectMissing, S3Error
 from scalelab.objectstore.model import (
     MAX_PART_BYTES,
     ObjectVersion,
@@ -237,6 +237,14 @@ class Handlers:
         return out
 
     async def get_object(self, req: Request) -> Response:
+        try:
+            return self._get_object(req)
+        except ObjectMissing:
+            # The version we looked up was overwritten or deleted between reading its
+            # metadata and its bytes; S3 then serves what is current, so look again.
+            return self._get_object(req)
+
+    def _get_object(self, req: Request) -> Response:
         assert req.bucket is not None and req.key is not None
         version = self.store.get_version(
             req.principal, req.bucket, req.key, req.query.get("versionId")
@@ -255,6 +263,7 @@ class Handlers:
             return Response(status, b"", headers)
         if end - start <= INLINE_READ_BYTES:
             return Response(status, self.store.read_bytes(version, start, end), headers)
+        self.store.check_readable(version)
         return Response(status, self.store.read(version, start, end), headers)
 
     async def delete_object(self, req: Request) -> Response:

@@ -146,6 +146,7 @@ class Runtime:
         s = self.settings
         cutoff = self.store.clock() - s.orphan_grace_seconds
         await anyio.to_thread.run_sync(self.store.reclaim_orphans, cutoff)
+        await anyio.to_thread.run_sync(self.store.reclaimer.flush)
         report = await anyio.to_thread.run_sync(self.node.compact, s.gc_garbage_ratio)
         if report.get("files_compacted"):
             log.info("compaction: %s", report)
@@ -158,6 +159,7 @@ class Runtime:
         self.close_sync()
 
     def close_sync(self) -> None:
+        self.store.close()
         self.meta.close()
         self.node.close()
         self.engine.dispose()

@@ -16,6 +16,8 @@ import contextlib
 import functools
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -26,7 +28,7 @@ from sqlalchemy import Connection
 
 from scalelab.objectstore import checksums, policy
 from scalelab.objectstore.datanode import DataNode
-from scalelab.objectstore.errors import S3Error
+from scalelab.objectstore.errors import ObjectMissing, S3Error
 from scalelab.objectstore.metadata import MetadataStore
 from scalelab.objectstore.model import (
     MAX_PUT_BYTES,
@@ -114,6 +116,7 @@ class ObjectStore:
         self.admins = admins
         self.clock = clock
         self._buckets: dict[str, Bucket] = {}
+        self.reclaimer = Reclaimer(node)
 
     # authorization (the book's IAM) --------------------------------------------------------
 
@@ -256,12 +259,15 @@ class ObjectStore:
         return Written(DataRef(stored.object_id, stored.size), md5.hexdigest(), computed)
 
     def discard(self, refs: Iterator[DataRef] | tuple[DataRef, ...] | list[DataRef]) -> None:
-        """Delete data no metadata points at any more (after the metadata commit)."""
-        for ref in refs:
-            try:
-                self.node.delete(ref.object_id)
-            except Exception:  # the orphan sweep will get it
-                log.exception("could not delete data object %s", ref.object_id)
+        """Delete data no metadata points at any more (after the metadata commit).
+
+        Off the request path: the metadata commit already made the bytes unreachable, so the
+        client need not wait for the data node's transaction; a crash before it runs leaves
+        orphans, which the sweep reclaims.
+        """
+        ids = [ref.object_id for ref in refs]
+        if ids:
+            self.reclaimer.submit(ids)
 
     async def put_version(
         self,
@@ -393,6 +399,12 @@ class ObjectStore:
             raise S3Error("NoSuchKey", headers=marker_headers, Key=key)
         return version
 
+    def check_readable(self, version: ObjectVersion) -> None:
+        """ObjectMissing now, before a streamed reply starts, if the data is already gone."""
+        for ref in version.data:
+            if not self.node.exists(ref.object_id):
+                raise ObjectMissing(ref.object_id)
+
     def read_bytes(self, version: ObjectVersion, start: int, end: int) -> bytes:
         """A small range at once: read before the reply starts, so a fault is a clean 500."""
         return b"".join(self._pieces(version.data, start, end))
@@ -469,6 +481,9 @@ class ObjectStore:
 
     # garbage collection (the book's section) ------------------------------------------------
 
+    def close(self) -> None:
+        self.reclaimer.close()
+
     def reclaim_orphans(self, cutoff: float) -> int:
         """Delete data objects committed before `cutoff` that no metadata references.
 
@@ -476,6 +491,7 @@ class ObjectStore:
         serving it lags by a grace period so a PUT between its data and metadata commits is
         left alone.
         """
+        self.reclaimer.flush()
         candidates = [oid for oid, created in self.node.ids() if created < cutoff]
         if not candidates:
             return 0
@@ -486,6 +502,61 @@ class ObjectStore:
         if orphans:
             log.info("reclaimed %d orphaned data objects", len(orphans))
         return len(orphans)
+
+
+class Reclaimer:
+    """Deletes data objects on a background thread, all that are waiting in one transaction."""
+
+    def __init__(self, node: DataNode) -> None:
+        self._node = node
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="data-reclaimer", daemon=True)
+        self._thread.start()
+
+    def submit(self, ids: list[str]) -> None:
+        with self._lock:
+            self._pending += 1
+            self._idle.clear()
+        self._queue.put(ids)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every submitted deletion has been applied (GC and fsck call this)."""
+        self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch, taken, stop = list(item), 1, False
+            while len(batch) < 1000:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch += more
+                taken += 1
+            try:
+                self._node.delete_many(batch)
+            except Exception:  # the orphan sweep will get them
+                log.exception("could not delete %d data objects", len(batch))
+            with self._lock:
+                self._pending -= taken
+                if self._pending == 0:
+                    self._idle.set()
+            if stop:
+                return
 
 
 @functools.lru_cache(maxsize=1024)
