@@ -154,6 +154,17 @@ _DEMOTE_LATEST = (
     .values(is_latest=False, noncurrent_since=bindparam("since"))
 )
 _INSERT_VERSION = insert(objects)
+_DELETE_VERSION = (
+    delete(objects)
+    .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.version_id == _V)
+    .returning(*objects.c)
+)
+_NEWEST_ID = select(func.max(objects.c.id)).where(objects.c.bucket == _B, objects.c.key == _K)
+_PROMOTE = (
+    update(objects)
+    .where(objects.c.id == bindparam("row_id"))
+    .values(is_latest=True, noncurrent_since=None)
+)
 
 
 def encode_data(refs: tuple[DataRef, ...]) -> str:
@@ -383,21 +394,14 @@ class MetadataStore:
     @staticmethod
     def delete_version(conn: Connection, bucket: str, key: str, version_id: str) -> ObjectVersion:
         """Remove one version for good; if it was the latest, the next newest takes over."""
-        where_key = and_(objects.c.bucket == bucket, objects.c.key == key)
-        row = conn.execute(
-            select(objects).where(where_key, objects.c.version_id == version_id)
-        ).first()
+        key_params = {"b": bucket, "k": key}
+        row = conn.execute(_DELETE_VERSION, {**key_params, "v": version_id}).first()
         if row is None:
             raise S3Error("NoSuchVersion", Key=key, VersionId=version_id)
-        conn.execute(delete(objects).where(objects.c.id == row.id))
         if row.is_latest:
-            newest = conn.execute(select(func.max(objects.c.id)).where(where_key)).scalar()
+            newest = conn.execute(_NEWEST_ID, key_params).scalar()
             if newest is not None:
-                conn.execute(
-                    update(objects)
-                    .where(objects.c.id == newest)
-                    .values(is_latest=True, noncurrent_since=None)
-                )
+                conn.execute(_PROMOTE, {"row_id": newest})
         return _version(row)
 
     @staticmethod
