@@ -152,6 +152,20 @@ class Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def int_param(req: Request, name: str, default: int, most: int | None = None) -> int:
+    """A non-negative integer query parameter (max-keys, part-number-marker...), capped."""
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"{name} must be an integer") from None
+    if value < 0:
+        raise S3Error("InvalidArgument", f"{name} must not be negative")
+    return min(value, most) if most is not None else value
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -8,7 +8,7 @@ import functools
 from urllib.parse import quote
 
 from scalelab.objectstore import cors, lifecycle, listing, policy, s3xml
-from scalelab.objectstore.api import Handler, Request, Response
+from scalelab.objectstore.api import Handler, Request, Response, int_param
 from scalelab.objectstore.errors import S3Error
 from scalelab.objectstore.model import VERSIONING_STATES, ObjectVersion
 from scalelab.objectstore.multipart import Multipart
@@ -16,19 +16,6 @@ from scalelab.objectstore.service import ObjectStore
 
 XML = "application/xml"
 OWNER_NAME = "scalelab"
-
-
-def _int(req: Request, name: str, default: int, most: int | None = None) -> int:
-    raw = req.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise S3Error("InvalidArgument", f"{name} must be an integer") from None
-    if value < 0:
-        raise S3Error("InvalidArgument", f"{name} must not be negative")
-    return min(value, most) if most is not None else value
 
 
 def _owner(principal: str) -> list[s3xml.Node]:
@@ -218,7 +205,7 @@ class BucketHandlers:
         )
         q = req.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        max_keys = _int(req, "max-keys", 1000, 1000)
+        max_keys = int_param(req, "max-keys", 1000, 1000)
         encoding = q.get("encoding-type")
         if encoding not in (None, "url"):
             raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
@@ -276,7 +263,7 @@ class BucketHandlers:
         bucket = self.store.checked_bucket(req.principal, req.bucket, "ListObjectVersions")
         q = req.query
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-        max_keys = _int(req, "max-keys", 1000, 1000)
+        max_keys = int_param(req, "max-keys", 1000, 1000)
         key_marker = q.get("key-marker") or None
         version_marker = q.get("version-id-marker") or None
         after_row = None
@@ -323,7 +310,7 @@ class BucketHandlers:
         bucket = self.store.checked_bucket(req.principal, req.bucket, "ListMultipartUploads")
         q = req.query
         prefix = q.get("prefix", "")
-        limit = _int(req, "max-uploads", 1000, 1000)
+        limit = int_param(req, "max-uploads", 1000, 1000)
         key_marker = q.get("key-marker") or None
         id_marker = q.get("upload-id-marker") or None
         found = self.store.meta.list_uploads(bucket.name, prefix, key_marker, id_marker, limit + 1)

@@ -1,9 +1,10 @@
-"""Group commit for the metadata store: many writers, one transaction, one fsync.
+"""Group commit: many writers, one transaction, one fsync.
 
 A single writer thread gathers whatever operations are waiting and runs them in one
 transaction; if one fails (an `If-None-Match` that does not hold), the batch is redone one
 transaction per op, so a failure never undoes its neighbours. Sixteen concurrent PUTs share
-one fsync instead of paying sixteen, and SQLite never sees two writers.
+one fsync instead of paying sixteen, and SQLite never sees two writers. `Reclaimer` does the
+same for deleting the data of replaced versions on the data node, off the request path.
 """
 
 from __future__ import annotations
@@ -17,12 +18,28 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from scalelab.objectstore.datanode import DataNode
 from scalelab.objectstore.errors import S3Error
 from scalelab.storage.sql import writing
 
 log = logging.getLogger("scalelab.objectstore.groupcommit")
 
 T = TypeVar("T")
+
+
+def take_waiting(q: queue.SimpleQueue[T | None], first: T, most: int) -> tuple[list[T], bool]:
+    """`first` and whatever else is already waiting (at most `most` items): the batch that
+    shares one transaction. True as the second value if the stop sentinel (None) was taken."""
+    batch = [first]
+    while len(batch) < most:
+        try:
+            more = q.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return batch, True
+        batch.append(more)
+    return batch, False
 
 
 class Committer:
@@ -54,17 +71,7 @@ class Committer:
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
+            batch, stop = take_waiting(self._queue, item, self._max_batch)
             self._commit(batch)
             if stop:
                 return
@@ -92,3 +99,50 @@ class Committer:
             return
         for (_op, future), value in zip(batch, values, strict=True):
             future.set_result(value)
+
+
+class Reclaimer:
+    """Deletes data objects on a background thread, all that are waiting in one transaction."""
+
+    def __init__(self, node: DataNode) -> None:
+        self._node = node
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="data-reclaimer", daemon=True)
+        self._thread.start()
+
+    def submit(self, ids: list[str]) -> None:
+        with self._lock:
+            self._pending += 1
+            self._idle.clear()
+        self._queue.put(ids)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every submitted deletion has been applied (GC and fsck call this)."""
+        self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            lists, stop = take_waiting(self._queue, item, 64)
+            batch = [oid for ids in lists for oid in ids]
+            taken = len(lists)
+            try:
+                self._node.delete_many(batch)
+            except Exception:  # the orphan sweep will get them
+                log.exception("could not delete %d data objects", len(batch))
+            with self._lock:
+                self._pending -= taken
+                if self._pending == 0:
+                    self._idle.set()
+            if stop:
+                return

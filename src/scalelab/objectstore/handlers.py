@@ -11,7 +11,7 @@ import email.utils
 from urllib.parse import parse_qsl, unquote
 
 from scalelab.objectstore import checksums, s3xml
-from scalelab.objectstore.api import Handler, Request, Response
+from scalelab.objectstore.api import Handler, Request, Response, int_param
 from scalelab.objectstore.bucket_handlers import BucketHandlers
 from scalelab.objectstore.errors import ObjectMissing, S3Error
 from scalelab.objectstore.model import (
@@ -318,37 +318,19 @@ class Handlers:
                 k: v for k, v in source.headers.items() if not k.startswith("x-amz-checksum-")
             }
             content_type = source.content_type
-        for alg, value in written.checksums.items():
-            headers[checksums.header_name(alg)] = value
         tags = (
             parse_tag_header(h.get("x-amz-tagging")) if tag_directive == "REPLACE" else source.tags
         )
-        now = self.store.clock()
-        bucket, key = req.bucket, req.key
-
-        def make(version_id: str) -> ObjectVersion:
-            return ObjectVersion(
-                bucket=bucket,
-                key=key,
-                version_id=version_id,
-                is_latest=True,
-                delete_marker=False,
-                last_modified=now,
-                size=written.ref.size,
-                etag=quote_etag(written.md5_hex),
-                content_type=content_type,
-                headers=headers,
-                data=(written.ref,),
-                tags=tags,
-                owner=req.principal or "",
-            )
-
-        version = await self.store.put_version(
-            bucket,
-            make,
+        version = await self.store.commit_written(
+            req.bucket,
+            req.key,
+            written,
+            content_type=content_type,
+            headers=headers,
+            tags=tags,
+            owner=req.principal or "",
             if_none_match=h.get("if-none-match"),
             if_match=h.get("if-match"),
-            written=(written.ref,),
         )
         out: dict[str, str] = {}
         self._version_header(version, out)
@@ -526,8 +508,8 @@ class Handlers:
 
     async def list_parts(self, req: Request) -> Response:
         assert req.bucket is not None and req.key is not None
-        after = _int_param(req, "part-number-marker", 0)
-        limit = min(_int_param(req, "max-parts", 1000), 1000)
+        after = int_param(req, "part-number-marker", 0)
+        limit = min(int_param(req, "max-parts", 1000), 1000)
         upload, found, truncated = self.multipart.list_parts(
             req.principal, req.bucket, req.key, req.query["uploadId"], after, limit
         )
@@ -559,16 +541,3 @@ class Handlers:
 def _checksum_alg(headers: dict[str, str]) -> str | None:
     alg = headers.get("x-amz-checksum-algorithm") or headers.get("x-amz-sdk-checksum-algorithm")
     return alg.upper() if alg else None
-
-
-def _int_param(req: Request, name: str, default: int) -> int:
-    raw = req.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise S3Error("InvalidArgument", f"{name} must be an integer") from None
-    if value < 0:
-        raise S3Error("InvalidArgument", f"{name} must not be negative")
-    return value

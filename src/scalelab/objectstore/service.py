@@ -16,8 +16,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -29,6 +27,7 @@ from sqlalchemy import Connection
 from scalelab.objectstore import checksums, policy
 from scalelab.objectstore.datanode import DataNode
 from scalelab.objectstore.errors import ObjectMissing, S3Error
+from scalelab.objectstore.groupcommit import Reclaimer
 from scalelab.objectstore.metadata import MetadataStore
 from scalelab.objectstore.model import (
     MAX_PUT_BYTES,
@@ -332,6 +331,32 @@ class ObjectStore:
         check_key(key)
         self.checked_bucket(principal, bucket_name, "PutObject", key)
         written = await self.write_body(body, integrity)
+        return await self.commit_written(
+            bucket_name,
+            key,
+            written,
+            content_type=content_type or "binary/octet-stream",
+            headers=headers,
+            tags=tags or {},
+            owner=principal or "",
+            if_none_match=if_none_match,
+            if_match=if_match,
+        )
+
+    async def commit_written(
+        self,
+        bucket_name: str,
+        key: str,
+        written: Written,
+        *,
+        content_type: str,
+        headers: dict[str, str],
+        tags: dict[str, str],
+        owner: str,
+        if_none_match: str | None = None,
+        if_match: str | None = None,
+    ) -> ObjectVersion:
+        """Make freshly written data the key's latest version (PutObject, CopyObject)."""
         stored_headers = dict(headers)
         for alg, value in written.checksums.items():
             stored_headers[checksums.header_name(alg)] = value
@@ -347,11 +372,11 @@ class ObjectStore:
                 last_modified=now,
                 size=written.ref.size,
                 etag=quote_etag(written.md5_hex),
-                content_type=content_type or "binary/octet-stream",
+                content_type=content_type,
                 headers=stored_headers,
                 data=(written.ref,),
-                tags=tags or {},
-                owner=principal or "",
+                tags=tags,
+                owner=owner,
             )
 
         return await self.put_version(
@@ -502,61 +527,6 @@ class ObjectStore:
         if orphans:
             log.info("reclaimed %d orphaned data objects", len(orphans))
         return len(orphans)
-
-
-class Reclaimer:
-    """Deletes data objects on a background thread, all that are waiting in one transaction."""
-
-    def __init__(self, node: DataNode) -> None:
-        self._node = node
-        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="data-reclaimer", daemon=True)
-        self._thread.start()
-
-    def submit(self, ids: list[str]) -> None:
-        with self._lock:
-            self._pending += 1
-            self._idle.clear()
-        self._queue.put(ids)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every submitted deletion has been applied (GC and fsck call this)."""
-        self._idle.wait(timeout)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch, taken, stop = list(item), 1, False
-            while len(batch) < 1000:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch += more
-                taken += 1
-            try:
-                self._node.delete_many(batch)
-            except Exception:  # the orphan sweep will get them
-                log.exception("could not delete %d data objects", len(batch))
-            with self._lock:
-                self._pending -= taken
-                if self._pending == 0:
-                    self._idle.set()
-            if stop:
-                return
 
 
 @functools.lru_cache(maxsize=1024)
