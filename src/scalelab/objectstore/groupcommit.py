@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -27,56 +27,68 @@ log = logging.getLogger("scalelab.objectstore.groupcommit")
 T = TypeVar("T")
 
 
-def take_waiting(q: queue.SimpleQueue[T | None], first: T, most: int) -> tuple[list[T], bool]:
-    """`first` and whatever else is already waiting (at most `most` items): the batch that
-    shares one transaction. True as the second value if the stop sentinel (None) was taken."""
-    batch = [first]
-    while len(batch) < most:
-        try:
-            more = q.get_nowait()
-        except queue.Empty:
-            break
-        if more is None:
-            return batch, True
-        batch.append(more)
-    return batch, False
+class BatchWorker(Generic[T]):
+    """One thread that takes every item waiting at once and handles them as one batch."""
+
+    def __init__(self, name: str, max_batch: int) -> None:
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: T) -> None:
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Handle what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _handle(self, batch: list[T]) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._handle(batch)
+            if stop:
+                return
 
 
-class Committer:
-    """Group commit: one writer thread, one transaction per batch, one savepoint per op."""
+_Op = tuple[Callable[[Connection], Any], Future[Any]]
+
+
+class Committer(BatchWorker[_Op]):
+    """Group commit for the metadata store: one transaction and one fsync per batch."""
 
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
         self._engine = writing(engine)
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._run, name="metadata-committer", daemon=True)
-        self._thread.start()
+        super().__init__("metadata-committer", max_batch)
 
     def submit(self, op: Callable[[Connection], T]) -> Future[T]:
         future: Future[T] = Future()
-        self._queue.put((op, future))
+        self._put((op, future))
         return future
 
     def run(self, op: Callable[[Connection], T]) -> T:
         return self.submit(op).result()
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+    def _handle(self, batch: list[_Op]) -> None:
+        self._commit(batch)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch, stop = take_waiting(self._queue, item, self._max_batch)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _commit(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
+    def _commit(self, batch: list[_Op]) -> None:
         """All ops in one transaction; if any op fails, redo them one transaction each.
 
         Failures (a precondition that does not hold, a bucket that vanished) are rare, so the
@@ -101,48 +113,34 @@ class Committer:
             future.set_result(value)
 
 
-class Reclaimer:
+class Reclaimer(BatchWorker[list[str]]):
     """Deletes data objects on a background thread, all that are waiting in one transaction."""
 
     def __init__(self, node: DataNode) -> None:
         self._node = node
-        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._idle = threading.Event()
         self._idle.set()
         self._pending = 0
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="data-reclaimer", daemon=True)
-        self._thread.start()
+        super().__init__("data-reclaimer", 64)
 
     def submit(self, ids: list[str]) -> None:
         with self._lock:
             self._pending += 1
             self._idle.clear()
-        self._queue.put(ids)
+        self._put(ids)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every submitted deletion has been applied (GC and fsck call this)."""
         self._idle.wait(timeout)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            lists, stop = take_waiting(self._queue, item, 64)
-            batch = [oid for ids in lists for oid in ids]
-            taken = len(lists)
-            try:
-                self._node.delete_many(batch)
-            except Exception:  # the orphan sweep will get them
-                log.exception("could not delete %d data objects", len(batch))
-            with self._lock:
-                self._pending -= taken
-                if self._pending == 0:
-                    self._idle.set()
-            if stop:
-                return
+    def _handle(self, batch: list[list[str]]) -> None:
+        ids = [oid for chunk in batch for oid in chunk]
+        try:
+            self._node.delete_many(ids)
+        except Exception:  # the orphan sweep will get them
+            log.exception("could not delete %d data objects", len(ids))
+        with self._lock:
+            self._pending -= len(batch)
+            if self._pending == 0:
+                self._idle.set()

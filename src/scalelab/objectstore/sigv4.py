@@ -244,13 +244,12 @@ def _verify_header(
             ServerTime=_iso(now),
             MaxAllowedSkewMilliseconds=str(int(max_skew.total_seconds() * 1000)),
         )
-    key = signing_key(secret, scope_date, scope_region)
-    scope = f"{scope_date}/{scope_region}/{SERVICE}/{TERMINAL}"
-    _check_signature(
-        key,
+    return _signed(
+        secret,
         access_key,
+        scope_date,
+        scope_region,
         amz_date,
-        scope,
         method,
         raw_path,
         _canonical_query(raw_query, presigned=False),
@@ -258,8 +257,8 @@ def _verify_header(
         headers,
         payload,
         signature,
+        presigned=False,
     )
-    return Signed(access_key, payload, False, key, scope, amz_date, signature.lower())
 
 
 def _parse_authorization(value: str) -> tuple[str, list[str], str]:
@@ -388,9 +387,42 @@ def _verify_presigned(
     if "x-amz-content-sha256" in {n.lower() for n in signed_headers}:
         payload = headers.get("x-amz-content-sha256", UNSIGNED_PAYLOAD)
         _check_payload_value(payload)
+    return _signed(
+        secret,
+        access_key,
+        scope_date,
+        scope_region,
+        amz_date,
+        method,
+        raw_path,
+        _canonical_query(raw_query, presigned=True),
+        signed_headers,
+        headers,
+        payload,
+        value["X-Amz-Signature"],
+        presigned=True,
+    )
+
+
+def _signed(
+    secret: str,
+    access_key: str,
+    scope_date: str,
+    scope_region: str,
+    amz_date: str,
+    method: str,
+    raw_path: str,
+    canonical_query: str,
+    signed_headers: list[str],
+    headers: Mapping[str, str],
+    payload: str,
+    signature: str,
+    *,
+    presigned: bool,
+) -> Signed:
+    """Check the signature (header or query auth alike) and describe the signed request."""
     key = signing_key(secret, scope_date, scope_region)
     scope = f"{scope_date}/{scope_region}/{SERVICE}/{TERMINAL}"
-    signature = value["X-Amz-Signature"]
     _check_signature(
         key,
         access_key,
@@ -398,13 +430,13 @@ def _verify_presigned(
         scope,
         method,
         raw_path,
-        _canonical_query(raw_query, presigned=True),
+        canonical_query,
         signed_headers,
         headers,
         payload,
         signature,
     )
-    return Signed(access_key, payload, True, key, scope, amz_date, signature.lower())
+    return Signed(access_key, payload, presigned, key, scope, amz_date, signature.lower())
 
 
 def _parse_expires(text: str) -> int:
