@@ -125,3 +125,22 @@ def test_version_pages_cover_every_version_once(
             break
         key_marker, row = page.next_key_marker, page.next_row_id
     assert seen == [v.version_id for _, v in ordered]
+
+
+@given(
+    prefix=st.sampled_from(["", "a", "list/"]),
+    after=st.one_of(st.none(), st.text(ALPHABET, max_size=5)),
+    inclusive=st.booleans(),
+)
+def test_key_range_sends_one_lower_bound(prefix: str, after: str | None, inclusive: bool) -> None:
+    """SQLite seeks on one lower bound only: two would make a page cost O(keys before it)."""
+    from sqlalchemy.dialects import sqlite
+
+    from scalelab.objectstore.metadata import _key_range, objects
+
+    bounds = [
+        str(b.compile(dialect=sqlite.dialect()))
+        for b in _key_range(objects.c.key, prefix, after, inclusive)
+    ]
+    lower = [b for b in bounds if ">" in b]
+    assert len(lower) == (1 if prefix or after is not None else 0)

@@ -45,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Row
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from scalelab.objectstore.errors import S3Error
 from scalelab.objectstore.groupcommit import Committer
@@ -424,14 +424,8 @@ class MetadataStore:
         query = select(*_LISTED).where(
             objects.c.bucket == bucket,
             objects.c.is_latest == True,  # noqa: E712
+            *_key_range(objects.c.key, prefix, after, inclusive),
         )
-        if prefix:
-            query = query.where(objects.c.key >= prefix)
-            upper = prefix_end(prefix)
-            if upper is not None:
-                query = query.where(objects.c.key < upper)
-        if after is not None:
-            query = query.where(objects.c.key >= after if inclusive else objects.c.key > after)
         query = query.order_by(objects.c.key).limit(limit)
         with self.engine.connect() as conn:
             return [_listed(bucket, r) for r in conn.execute(query)]
@@ -450,21 +444,14 @@ class MetadataStore:
         """All versions by key, newest first within a key; resumes after (key, row id), or at
         `after_key` itself when inclusive."""
         query = (select(objects) if full else select(*_LISTED)).where(objects.c.bucket == bucket)
-        if prefix:
-            query = query.where(objects.c.key >= prefix)
-            upper = prefix_end(prefix)
-            if upper is not None:
-                query = query.where(objects.c.key < upper)
-        if after_key is not None:
-            if inclusive:
-                query = query.where(objects.c.key >= after_key)
-            elif after_id is None:
-                query = query.where(objects.c.key > after_key)
-            else:
-                query = query.where(
-                    (objects.c.key > after_key)
-                    | ((objects.c.key == after_key) & (objects.c.id < after_id))
-                )
+        if after_key is not None and after_id is not None and not inclusive:
+            query = query.where(
+                *_key_range(objects.c.key, prefix, after_key, True),  # the seek
+                (objects.c.key > after_key)
+                | ((objects.c.key == after_key) & (objects.c.id < after_id)),
+            )
+        else:
+            query = query.where(*_key_range(objects.c.key, prefix, after_key, inclusive))
         query = query.order_by(objects.c.key, objects.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             if full:
@@ -585,22 +572,37 @@ class MetadataStore:
         self, bucket: str, prefix: str, after_key: str | None, after_id: str | None, limit: int
     ) -> list[Upload]:
         query = select(uploads).where(uploads.c.bucket == bucket)
-        if prefix:
-            query = query.where(uploads.c.key >= prefix)
-            upper = prefix_end(prefix)
-            if upper is not None:
-                query = query.where(uploads.c.key < upper)
-        if after_key is not None:
-            if after_id:
-                query = query.where(
-                    (uploads.c.key > after_key)
-                    | ((uploads.c.key == after_key) & (uploads.c.upload_id > after_id))
-                )
-            else:
-                query = query.where(uploads.c.key > after_key)
+        if after_key is not None and after_id:
+            query = query.where(
+                *_key_range(uploads.c.key, prefix, after_key, True),
+                (uploads.c.key > after_key)
+                | ((uploads.c.key == after_key) & (uploads.c.upload_id > after_id)),
+            )
+        else:
+            query = query.where(*_key_range(uploads.c.key, prefix, after_key, False))
         query = query.order_by(uploads.c.key, uploads.c.upload_id).limit(limit)
         with self.engine.connect() as conn:
             return [_upload(r) for r in conn.execute(query)]
+
+
+def _key_range(
+    column: Any, prefix: str, after: str | None, inclusive: bool
+) -> list[ColumnElement[bool]]:
+    """Bounds for "keys under prefix, after `after`", with ONE lower bound.
+
+    SQLite seeks an index on one lower bound only; given `key >= prefix AND key > after` it
+    may seek to the prefix and filter its way to `after`, which makes each page of a long
+    listing cost O(keys before it). So the larger of the two bounds is the only one sent.
+    """
+    bounds: list[ColumnElement[bool]] = []
+    if after is not None and after >= prefix:
+        bounds.append(column >= after if inclusive else column > after)
+    elif prefix:
+        bounds.append(column >= prefix)
+    upper = prefix_end(prefix) if prefix else None
+    if upper is not None:
+        bounds.append(column < upper)
+    return bounds
 
 
 def prefix_end(prefix: str) -> str | None:
