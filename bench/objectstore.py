@@ -44,6 +44,10 @@ Ratios are scalelab / SeaweedFS and scalelab / moto for every figure (throughput
 better; latency and memory: below 1 is better). One JSON document goes to stdout; progress to
 stderr. Everything lives under one temp dir in /tmp (and one in /dev/shm for downloads), and
 every process started here is stopped, also on Ctrl-C, SIGTERM or an error.
+
+Duration on the 2-core machine: --quick about 1.5 minutes; the full run about an hour, most of
+it seeding the LIST keys (a few hundred to ~1,300 PUT/s), and it needs ~30 GB of free disk at
+its peak (the 5 GiB source plus what SeaweedFS keeps until it is stopped).
 """
 
 from __future__ import annotations
@@ -554,10 +558,28 @@ def _rate(res: S5Result, objects: int, size: int, server_cpu: float) -> dict[str
     return out
 
 
-def _s5(server: Server, ws: Workspace, plan: Plan, cmds: Sequence[str], workers: int) -> S5Result:
-    return s5cmd_run(
+class ServerExited(RuntimeError):
+    pass
+
+
+def _s5(
+    server: Server,
+    ws: Workspace,
+    plan: Plan,
+    cmds: Sequence[str],
+    workers: int,
+    *,
+    check_alive: bool = True,
+) -> S5Result:
+    res = s5cmd_run(
         server.endpoint, server.creds, cmds, workers=workers, workdir=ws.work, timeout=plan.timeout
     )
+    if check_alive and not server.alive():
+        raise ServerExited(
+            f"{server.name} exited (code {server.proc.returncode}) during an s5cmd run; "
+            f"s5cmd errors: {res.errors_sample}"
+        )
+    return res
 
 
 def _delete(server: Server, ws: Workspace, plan: Plan, keys: Sequence[str]) -> int:
@@ -590,6 +612,7 @@ def big_upload(server: Server, ws: Workspace, plan: Plan) -> dict[str, Any]:
             res = _s5(server, ws, plan, [f"cp {src} s3://{BUCKET}/{key}"], 1)
         head = s3.request("HEAD", f"/{BUCKET}/{key}")
         multipart = _rate(res, 1, size, tree_cpu_seconds(server.pid) - cpu0)
+        del multipart["objects_per_s"]
         multipart.update(
             peak_rss_bytes=sampler.peak,
             rss_samples=sampler.samples,
@@ -752,23 +775,36 @@ def _seed_list(server: Server, ws: Workspace, plan: Plan, target: int) -> dict[s
     seeded = errors = 0
     start = time.perf_counter()
     cpu0 = tree_cpu_seconds(server.pid)
+    cpu1 = cpu0
+    res: S5Result | None = None
     while seeded < target and time.perf_counter() - start < plan.list_seed_seconds:
         upto = min(target, seeded + batch)
         cmds = [f"cp {empty} s3://{BUCKET}/{list_key(i)}" for i in range(seeded, upto)]
-        res = _s5(server, ws, plan, cmds, 32)
+        res = _s5(server, ws, plan, cmds, 32, check_alive=False)
         errors += res.error_lines
+        if not server.alive():
+            break
+        cpu1 = tree_cpu_seconds(server.pid)
         seeded = upto
         if res.returncode and res.error_lines == 0:
             raise RuntimeError(f"s5cmd exited {res.returncode} while seeding")
     seconds = time.perf_counter() - start
+    extra: dict[str, Any] = {}
+    if not server.alive():
+        extra = {
+            "server_exited_in_batch_from_key": seeded,
+            "server_exit_code": server.proc.returncode,
+            "errors_sample": res.errors_sample if res else [],
+        }
     return {
+        **extra,
         "keys": seeded,
         "target": target,
         "capped_by_time": seeded < target,
         "seconds": round(seconds, 2),
         "objects_per_s": round(seeded / seconds, 1),
         "errors": errors,
-        "server_cpu_seconds": round(tree_cpu_seconds(server.pid) - cpu0, 2),
+        "server_cpu_seconds": round(cpu1 - cpu0, 2),
         "how": "s5cmd, 32 workers, one empty-object cp per key",
     }
 
@@ -785,6 +821,9 @@ def listing(server: Server, ws: Workspace, plan: Plan) -> dict[str, Any]:
     keys = seed["keys"]
     dirs = math.ceil(keys / 1000)
     out: dict[str, Any] = {"seed": seed}
+    if not server.alive():
+        out["error"] = f"{server.name} exited during seeding"
+        return out
     if server.name == "moto" and target < max(plan.list_keys.values()):
         out["note"] = (
             "moto is seeded with fewer keys: it seeds at a few hundred PUT/s and lists by "
