@@ -111,11 +111,7 @@ def check_bucket_name(name: str) -> None:
         raise bad("use lowercase letters, digits, dots and hyphens, starting and ending alnum")
     if ".." in name or ".-" in name or "-." in name:
         raise bad("adjacent periods or a period next to a hyphen are not allowed")
-    try:
-        ipaddress.IPv4Address(name)
-    except ValueError:
-        pass
-    else:
+    if _is_ipv4(name):
         raise bad("bucket names must not look like an IP address")
     if name.startswith(("xn--", "sthree-", "amzn-s3-demo-")) or name.endswith(
         ("-s3alias", "--ol-s3", "--x-s3", ".mrap")
@@ -123,6 +119,14 @@ def check_bucket_name(name: str) -> None:
         raise bad("reserved prefix or suffix")
     if name in RESERVED_BUCKETS:
         raise bad("reserved for the server's /healthz and /metrics")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_key(key: str) -> None:

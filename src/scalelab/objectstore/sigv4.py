@@ -216,19 +216,14 @@ def _verify_header(
     )
     when = _header_time(headers)
     amz_date = when.strftime(_AMZ_DATE)
-    if scope_date != amz_date[:8]:
-        raise S3Error(
-            "AuthorizationHeaderMalformed",
-            f'Invalid credential date "{scope_date}". '
-            f'This date is not the same as X-Amz-Date: "{amz_date[:8]}".',
-        )
-    if region is not None and scope_region != region:
-        raise S3Error(
-            "AuthorizationHeaderMalformed",
-            f"The authorization header is malformed; the region '{scope_region}' is wrong; "
-            f"expecting '{region}'",
-            Region=region,
-        )
+    _check_scope(
+        scope_date,
+        scope_region,
+        amz_date,
+        region,
+        "AuthorizationHeaderMalformed",
+        "The authorization header is malformed;",
+    )
     secret = _secret(secret_for, access_key)
     payload = headers.get("x-amz-content-sha256")
     if payload is None:
@@ -354,19 +349,14 @@ def _verify_presigned(
         )
     amz_date = value["X-Amz-Date"]
     expires = _parse_expires(value["X-Amz-Expires"])
-    if scope_date != amz_date[:8]:
-        raise S3Error(
-            "AuthorizationQueryParametersError",
-            f'Invalid credential date "{scope_date}". '
-            f'This date is not the same as X-Amz-Date: "{amz_date[:8]}".',
-        )
-    if region is not None and scope_region != region:
-        raise S3Error(
-            "AuthorizationQueryParametersError",
-            f"Error parsing the X-Amz-Credential parameter; the region '{scope_region}' is "
-            f"wrong; expecting '{region}'",
-            Region=region,
-        )
+    _check_scope(
+        scope_date,
+        scope_region,
+        amz_date,
+        region,
+        "AuthorizationQueryParametersError",
+        "Error parsing the X-Amz-Credential parameter;",
+    )
     secret = _secret(secret_for, access_key)
     signed_headers = value["X-Amz-SignedHeaders"].split(";")
     if not all(signed_headers):
@@ -402,6 +392,24 @@ def _verify_presigned(
         value["X-Amz-Signature"],
         presigned=True,
     )
+
+
+def _check_scope(
+    scope_date: str, scope_region: str, amz_date: str, region: str | None, code: str, lead: str
+) -> None:
+    """The credential scope must name the request's own date and, if we serve one, our region."""
+    if scope_date != amz_date[:8]:
+        raise S3Error(
+            code,
+            f'Invalid credential date "{scope_date}". '
+            f'This date is not the same as X-Amz-Date: "{amz_date[:8]}".',
+        )
+    if region is not None and scope_region != region:
+        raise S3Error(
+            code,
+            f"{lead} the region '{scope_region}' is wrong; expecting '{region}'",
+            Region=region,
+        )
 
 
 def _signed(
