@@ -181,7 +181,8 @@ def test_dump(tmp_path: Path, fd: int) -> None:
     assert out[0] == {"type": "file", "path": str(tmp_path / "00000007.dat"), "file_id": 7,
                       "size": 24 + 45 + 4}  # fmt: skip
     assert out[1] == {"type": "record", "offset": 24, "kind": 1, "object_id": OID.hex(),
-                      "seq": 0, "length": 5, "crc32c": "0x9a71bb4c"}  # fmt: skip
+                      "seq": 0, "last": False, "length": 5,
+                      "crc32c": "0x9a71bb4c"}  # fmt: skip
     assert out[2]["type"] == "invalid" and out[2]["offset"] == 69 and out[2]["bytes"] == 4
     assert len(out) == 3
     (tmp_path / "bad.dat").write_bytes(b"not a data file")
@@ -199,7 +200,9 @@ def test_data_file_append_sync_recover(tmp_path: Path) -> None:
         assert f.synced == end
         os.pwrite(f.fd, header[:10], end)  # a torn append
         f.size += 10
-        assert f.recover(df.FILE_HEADER_SIZE) == (1, 10)
+        found, cut = f.recover(df.FILE_HEADER_SIZE)
+        assert [(offset, h.seq) for offset, h in found] == [(df.FILE_HEADER_SIZE, 0)]
+        assert cut == 10
         assert f.size == end == os.fstat(f.fd).st_size
     finally:
         f.close()

@@ -236,7 +236,7 @@ def test_delete_and_abort_become_garbage(node: DataNode) -> None:
     with node.writer() as w:
         w.write(b"c" * (2 * CHUNK + 1))  # two records in the file, then abort
     with pytest.raises(RuntimeError), node.writer() as w2:
-        w2.write(b"d" * CHUNK)
+        w2.write(b"d" * (CHUNK + 1))  # one record written, the last byte held back
         raise RuntimeError("client went away")  # leaving the block aborts
     usage = node.usage()
     assert usage["live_bytes"] == 0
@@ -277,7 +277,7 @@ def test_compaction_reclaims_space_and_keeps_live_objects(
 
 def test_compaction_waits_for_uncommitted_writers(node: DataNode) -> None:
     w = node.writer()
-    w.write(b"w" * CHUNK)  # a record in file 1, not yet committed
+    w.write(b"w" * (CHUNK + 1))  # a record in file 1, not yet committed
     filler = [node.put(os.urandom(60)) for _ in range(5)]  # file 1 turns read-only
     for obj in filler:
         node.delete(obj.object_id)
@@ -288,7 +288,7 @@ def test_compaction_waits_for_uncommitted_writers(node: DataNode) -> None:
     obj = w.commit()
     assert node.compact(0.5)["files_compacted"] >= 1
     assert 1 not in [f["file_id"] for f in node.usage()["per_file"]]
-    assert read_all(node, obj.object_id) == b"w" * CHUNK and node.fsck()["ok"]
+    assert read_all(node, obj.object_id) == b"w" * (CHUNK + 1) and node.fsck()["ok"]
 
 
 def test_reader_with_stale_location_retries(node: DataNode) -> None:
@@ -425,7 +425,7 @@ def torn_tail_setup(node: DataNode) -> tuple[dict[str, bytes], Path, int]:
     """Two committed objects, then an uncommitted writer whose second append is torn."""
     objects = {node.put(x).object_id: x for x in (b"first object", b"second object!" * 2)}
     w = node.writer()
-    w.write(b"u" * (2 * CHUNK))  # two complete records, never committed
+    w.write(b"u" * (3 * CHUNK))  # two complete records (the third held back), uncommitted
     path, offset, header = records_of(node, w.object_id)[-1]
     node.close()  # dies here: the lookup table never hears of w
     return objects, path, offset
@@ -496,6 +496,83 @@ def test_acknowledged_objects_survive_kill_9(scratch: Path) -> None:
     with DataNode(scratch / "node", chunk_bytes=64, data_file_bytes=4096) as node:
         assert {oid: b"".join(node.read(oid)) for oid in acked} == acked
         assert node.fsck()["ok"]
+
+
+LOOKUP_FILES = ("lookup.db", "lookup.db-wal")
+
+
+def power_loss_copy(directory: Path, saved: Path, into: Path) -> None:
+    """The node as a power loss would leave it: data files as written (every commit
+    fdatasynced them), the lookup table as saved at its last durable point."""
+    shutil.copytree(directory, into, ignore=shutil.ignore_patterns("lookup.db*"))
+    for name in LOOKUP_FILES:
+        if (saved / name).exists():
+            shutil.copy(saved / name, into / name)
+
+
+def test_power_loss_of_unsynced_index_commits(scratch: Path) -> None:
+    """Index commits are not fsynced: what a power loss takes, the data file gives back."""
+    kw = {"chunk_bytes": CHUNK, "data_file_bytes": 1 << 20}
+    with DataNode(scratch / "node", **kw) as node:
+        old = node.put(b"old" * 7)
+    node = DataNode(scratch / "node", **kw)  # opening moved the mark, durably
+    (saved := scratch / "saved").mkdir()
+    for name in LOOKUP_FILES:
+        if (node.directory / name).exists():
+            shutil.copy(node.directory / name, saved / name)
+    datas = (b"", b"a", b"b" * CHUNK, b"c" * (3 * CHUNK + 5), os.urandom(5 * CHUNK))
+    objects = {node.put(data).object_id: data for data in datas}
+    node.delete(old.object_id)
+    abandoned = node.writer()
+    abandoned.write(b"u" * (2 * CHUNK + 1))  # two records, the last byte held back
+    power_loss_copy(node.directory, saved, scratch / "crashed")
+    node.close()
+    with DataNode(scratch / "crashed", **kw) as again:
+        assert again.recovery["reindexed_objects"] == len(objects)
+        assert again.recovery["garbage_records"] == 2  # the abandoned writer's
+        assert {oid: read_all(again, oid) for oid in objects} == objects
+        multi = next(oid for oid, data in objects.items() if data.startswith(b"c"))
+        assert read_all(again, multi, CHUNK + 3, 2 * CHUNK + 1) == b"c" * (CHUNK - 2)
+        assert read_all(again, old.object_id) == b"old" * 7  # its deletion was lost too
+        assert again.usage()["live_bytes"] == live_bytes([21, *map(len, datas)])
+        assert again.fsck()["ok"]
+    with DataNode(scratch / "crashed", **kw) as third:  # the mark moved: nothing to redo
+        assert third.recovery["reindexed_objects"] == 0
+        assert {oid: read_all(third, oid) for oid in objects} == objects
+
+
+def test_deleted_objects_stay_deleted_after_reopen(open_node: Callable[..., DataNode]) -> None:
+    node = open_node()
+    gone, kept = node.put(b"gone"), node.put(b"kept")
+    node.delete(gone.object_id)
+    node.close()
+    again = open_node()
+    assert not again.exists(gone.object_id) and again.exists(kept.object_id)
+    assert again.recovery["reindexed_objects"] == 0
+
+
+def test_commits_the_scan_cannot_redo_are_fsynced(node: DataNode) -> None:
+    """Rows of records outside the indexed active file (an object spanning a rollover) and
+    the rollover itself commit with synchronous=FULL; rows inside it do not."""
+    durable_inserts: list[bool] = []
+    synchronous_full = False
+
+    def trace(sql: str) -> None:
+        nonlocal synchronous_full
+        if sql.startswith("PRAGMA synchronous"):
+            synchronous_full = sql.endswith("FULL")
+        elif sql.startswith(("INSERT INTO records", "INSERT INTO files")):
+            durable_inserts.append(synchronous_full)
+
+    node._db.set_trace_callback(trace)
+    node.put(b"small")
+    assert durable_inserts == [False]
+    durable_inserts.clear()
+    node.put(os.urandom(FILE))  # crosses into the next file
+    assert durable_inserts and all(durable_inserts)
+    durable_inserts.clear()
+    node.put(b"small again")
+    assert durable_inserts == [False]
 
 
 def test_open_refuses_data_without_lookup_table(scratch: Path) -> None:

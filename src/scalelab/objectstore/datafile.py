@@ -21,7 +21,7 @@ Then records, back to back, until end of file. Record header (40 bytes):
     0      4     magic b"SLRC"
     4      1     format version (1)
     5      1     kind (1 = object data)
-    6      2     reserved, zero
+    6      2     flags (bit 0: the object's last record, written at commit; other bits zero)
     8      16    object id (the uuid's 16 bytes)
     24     4     sequence number of this record within its object (u32, from 0)
     28     4     data length n (u32)
@@ -54,6 +54,11 @@ RECORD_MAGIC = b"SLRC"
 VERSION = 1
 KIND_DATA = 1
 KINDS = frozenset({KIND_DATA})
+# Record flags. LAST marks an object's final record, written when its writer commits: after a
+# crash, a run of records seq 0..n ending in LAST is a whole object whose index rows may be
+# lost (the index commits without fsync), while a run without it is an abandoned write.
+FLAG_LAST = 1
+FLAGS = FLAG_LAST
 
 # The header CRC covers the fields before it, so each header is "fields" + "<I".
 _FILE_FIELDS = struct.Struct("<4sB3xQ")
@@ -85,6 +90,7 @@ class RecordHeader:
     seq: int
     length: int
     crc: int
+    flags: int = 0
 
     @property
     def size(self) -> int:
@@ -112,7 +118,7 @@ def decode_file_header(buf: bytes) -> int:
 
 
 def encode_record_header(
-    object_id: bytes, seq: int, data: bytes | memoryview, kind: int = KIND_DATA
+    object_id: bytes, seq: int, data: bytes | memoryview, kind: int = KIND_DATA, flags: int = 0
 ) -> tuple[bytes, int]:
     """The header for data, and the data's CRC (the lookup table keeps it too)."""
     if len(object_id) != 16:
@@ -120,7 +126,7 @@ def encode_record_header(
     if len(data) > MAX_RECORD_DATA:
         raise ValueError(f"record data of {len(data)} bytes exceeds {MAX_RECORD_DATA}")
     crc = crc32c(data)
-    fields = _RECORD_FIELDS.pack(RECORD_MAGIC, VERSION, kind, 0, object_id, seq, len(data), crc)
+    fields = _RECORD_FIELDS.pack(RECORD_MAGIC, VERSION, kind, flags, object_id, seq, len(data), crc)
     return fields + crc32c(fields).to_bytes(4, "little"), crc
 
 
@@ -128,7 +134,7 @@ def decode_record_header(buf: bytes | memoryview) -> RecordHeader:
     """Parse and verify a record header; BadRecord says what is wrong."""
     if len(buf) < RECORD_HEADER_SIZE:
         raise BadRecord(f"truncated record header ({len(buf)} of {RECORD_HEADER_SIZE} bytes)")
-    magic, version, kind, _, oid, seq, length, crc, hcrc = RECORD_HEADER.unpack_from(buf)
+    magic, version, kind, flags, oid, seq, length, crc, hcrc = RECORD_HEADER.unpack_from(buf)
     if magic != RECORD_MAGIC:
         raise BadRecord(f"bad record magic {bytes(magic)!r}")
     if hcrc != crc32c(memoryview(buf)[: _RECORD_FIELDS.size]):
@@ -137,7 +143,9 @@ def decode_record_header(buf: bytes | memoryview) -> RecordHeader:
         raise BadRecord(f"unsupported record version {version}")
     if kind not in KINDS:
         raise BadRecord(f"unknown record kind {kind}")
-    return RecordHeader(kind, bytes(oid), seq, length, crc)
+    if flags & ~FLAGS:
+        raise BadRecord(f"unknown record flags {flags:#x}")
+    return RecordHeader(kind, bytes(oid), seq, length, crc, flags)
 
 
 def create(path: Path, file_id: int) -> int:
@@ -351,10 +359,10 @@ class DataFile:
             os.fdatasync(self.fd)
             self.synced = max(self.synced, target)
 
-    def recover(self, committed_end: int) -> tuple[int, int]:
-        """Cut a torn tail after committed_end; returns (records after it, bytes cut)."""
+    def recover(self, committed_end: int) -> tuple[list[tuple[int, RecordHeader]], int]:
+        """Cut a torn tail after committed_end; returns (the whole records after it, bytes cut)."""
         records = scan(self.fd, committed_end, verify_data=True)
-        complete = sum(1 for _ in records)
+        complete = list(records)
         torn = self.size - records.end
         if torn:
             log.warning("data file %s: %s; truncating the torn tail (%d bytes)",
@@ -450,6 +458,7 @@ def dump(path: Path) -> Iterator[dict[str, Any]]:
                 "kind": header.kind,
                 "object_id": header.object_id.hex(),
                 "seq": header.seq,
+                "last": bool(header.flags & FLAG_LAST),
                 "length": header.length,
                 "crc32c": f"{header.crc:#010x}",
             }

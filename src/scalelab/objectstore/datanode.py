@@ -8,9 +8,19 @@ read-only files with much garbage into the active file and removes the old file.
 
 Durability: a commit fdatasyncs the data first, then commits the lookup rows, so a row never
 points at bytes that could be lost. One background thread does this for every pending commit
-at once (group commit). A file's garbage is size - header - live_bytes, and live_bytes
-changes in the same transaction as the rows, so aborted writers and appends cut short by a
-crash are counted as garbage without any bookkeeping of their own.
+at once (group commit). The lookup commit itself is not fsynced (SQLite WAL with
+synchronous=NORMAL): it survives a killed process, and after a power loss the data file is the
+log that rebuilds it. A writer flags its object's last record when it commits, and opening
+re-indexes every whole object (seq 0..n, the last flagged) without rows that it finds in the
+active file after `indexed_end`, a durable mark moved to the end of the file at open and at
+close, before which every record is indexed or garbage. An object committed but lost from the
+index comes back that way; so does, after a crash, one never committed or deleted since the
+mark, which nothing refers to and the caller's orphan sweep reclaims. Commits that the scan
+could not redo (rollover, compaction, an object spanning a rollover) are fsynced.
+
+A file's garbage is size - header - live_bytes, and live_bytes changes in the same transaction
+as the rows, so aborted writers and appends cut short by a crash are counted as garbage
+without any bookkeeping of their own.
 
 Locks, always taken in this order: _maintenance (compaction, fsck, close) -> _append_lock
 (writing the active file, rollover) -> _db_lock (the one write connection) -> _files.lock
@@ -26,7 +36,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +58,7 @@ _MOVE_BATCH_BYTES = 64 << 20
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     file_id INTEGER PRIMARY KEY, state TEXT NOT NULL, size INTEGER NOT NULL,
-    live_bytes INTEGER NOT NULL);
+    live_bytes INTEGER NOT NULL, indexed_end INTEGER);
 CREATE TABLE IF NOT EXISTS records (
     object_id BLOB NOT NULL, seq INTEGER NOT NULL, start INTEGER NOT NULL,
     file_id INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
@@ -57,7 +67,8 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_file ON records (file_id, offset);
 """
 _ADD_LIVE = "UPDATE files SET live_bytes = live_bytes + ? WHERE file_id = ?"
-_NEW_FILE = "INSERT INTO files VALUES (?, 'active', ?, 0)"
+_MARK = "UPDATE files SET indexed_end = ? WHERE file_id = ?"
+_NEW_FILE = "INSERT INTO files VALUES (?, 'active', ?, 0, ?)"
 _LOCATE = "SELECT file_id, offset, length, crc FROM records WHERE object_id = ? AND seq = ?"
 
 # A written record: (seq, start within the object, file, offset in file, length, crc)
@@ -96,13 +107,14 @@ class ObjectWriter:
         return self._written + self._buffered
 
     def write(self, data: bytes) -> None:
-        """Buffer data; every full chunk_bytes becomes a record in the active file."""
+        """Buffer data; full chunks become records in the active file, except the last one,
+        held back so that commit can flag it as the object's last record."""
         if self._done:
             raise DataStoreError(f"writer for {self.object_id} is finished")
         if data:
             self._pieces.append(data if type(data) is bytes else bytes(data))
             self._buffered += len(data)
-            if self._buffered >= self._node.chunk_bytes:
+            if self._buffered > self._node.chunk_bytes:
                 self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
@@ -110,10 +122,11 @@ class ObjectWriter:
             chunk, pieces = self._node.chunk_bytes, self._pieces
             joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             view, pos = memoryview(joined), 0
-            while len(joined) - pos >= chunk or final and (pos < len(joined) or not self._records):
+            while len(joined) - pos > chunk or final and (pos < len(joined) or not self._records):
                 piece = view[pos : pos + chunk]
-                seq = len(self._records)
-                f, offset, crc = self._node._append(self._oid, seq, piece, self._files)
+                seq, last = len(self._records), final and pos + chunk >= len(joined)
+                flags = df.FLAG_LAST if last else 0
+                f, offset, crc = self._node._append(self._oid, seq, piece, self._files, flags)
                 self._records.append((seq, self._written, f, offset, len(piece), crc))
                 self._written += len(piece)
                 pos += len(piece)
@@ -175,6 +188,9 @@ class DataNode:
         self._db = self._connect()
         try:
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
+            if "indexed_end" not in columns:  # a lookup table from before the mark
+                self._db.execute("ALTER TABLE files ADD COLUMN indexed_end INTEGER")
             self._open_files()
         except BaseException:
             self._release_handles()
@@ -195,7 +211,7 @@ class DataNode:
         conn = sqlite3.connect(
             self.directory / "lookup.db", isolation_level=None, check_same_thread=False, timeout=30
         )
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
             conn.execute(f"PRAGMA {pragma}")
         if register:
             self._conns.append(conn)
@@ -212,13 +228,14 @@ class DataNode:
             if on_disk:
                 raise DataStoreError(f"{self.directory} has data files but no lookup table")
             with self._writing() as db:
-                db.execute(_NEW_FILE, (1, df.FILE_HEADER_SIZE))
+                db.execute(_NEW_FILE, (1, df.FILE_HEADER_SIZE, df.FILE_HEADER_SIZE))
+            self._indexed_active = 1
             self._active = self._files.add(DataFile.create(self._path(1), 1))
             return
         for file_id in on_disk - {r[0] for r in rows}:
             log.warning("removing data file %d: not in the lookup table (compacted)", file_id)
             self._path(file_id).unlink()
-        active_id = max(r[0] for r in rows)
+        active_id = self._indexed_active = max(r[0] for r in rows)
         for file_id, size, live in rows:
             path, readonly = self._path(file_id), file_id != active_id
             if path.exists():
@@ -236,7 +253,8 @@ class DataNode:
             self._rollover()
 
     def _recover_tail(self, f: DataFile) -> bool:
-        """Cut a torn append off the active file; False if committed bytes are gone."""
+        """Re-index the active file past its mark, cut a torn append off; False if committed
+        bytes are gone."""
         row = self._db.execute(
             "SELECT offset, length FROM records WHERE file_id = ? ORDER BY offset DESC LIMIT 1",
             (f.file_id,),
@@ -246,11 +264,53 @@ class DataNode:
             log.error("data file %s ends at %d, before committed data ending at %d",
                       f.path, f.size, committed_end)  # fmt: skip
             return False
-        garbage, torn = f.recover(committed_end)
-        self.recovery = {"file_id": f.file_id, "truncated_bytes": torn, "garbage_records": garbage}
+        (mark,) = self._db.execute(
+            "SELECT indexed_end FROM files WHERE file_id = ?", (f.file_id,)
+        ).fetchone()
+        if mark is None or mark > f.size:  # no mark yet, or bytes past it lost: rows decide
+            mark = committed_end
+        found, torn = f.recover(mark)
+        objects, indexed = self._reindex(f, found)
+        garbage = len(found) - indexed
+        self.recovery = {"file_id": f.file_id, "truncated_bytes": torn,
+                         "reindexed_objects": objects, "garbage_records": garbage}  # fmt: skip
+        if objects:
+            log.warning("data file %s: re-indexed %d whole objects missing from the index",
+                        f.path, objects)  # fmt: skip
         if garbage:
             log.info("data file %s: %d uncommitted records are garbage", f.path, garbage)
         return True
+
+    def _reindex(self, f: DataFile, found: list[tuple[int, df.RecordHeader]]) -> tuple[int, int]:
+        """Index the whole objects without rows among found; move the mark to the file's end.
+
+        Returns (objects re-indexed, records that are not garbage). A record of an object that
+        has rows already is indexed, or a compaction copy never committed (garbage).
+        """
+        runs: dict[bytes, list[tuple[int, df.RecordHeader]]] = {}
+        for offset, header in found:
+            if header.kind == df.KIND_DATA:
+                runs.setdefault(header.object_id, []).append((offset, header))
+        rows, now, live, known = [], time.time(), 0, 0
+        for oid, run in runs.items():
+            sql = "SELECT offset FROM records WHERE object_id = ? AND file_id = ?"
+            if have := {r[0] for r in self._db.execute(sql, (oid, f.file_id))}:
+                known += sum(offset in have for offset, _ in run)
+                continue
+            run.sort(key=lambda r: r[1].seq)
+            whole = [h.seq for _, h in run] == list(range(len(run)))
+            if not whole or not run[-1][1].flags & df.FLAG_LAST:
+                continue
+            start = 0
+            for offset, h in run:
+                rows.append((oid, h.seq, start, f.file_id, offset, h.length, h.crc, now))
+                start += h.length
+                live += HDR + h.length
+        with self._writing() as db:
+            db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute(_ADD_LIVE, (live, f.file_id))
+            db.execute(_MARK, (f.size, f.file_id))
+        return len({r[0] for r in rows}), len(rows) + known
 
     # ---- writing ----
 
@@ -265,9 +325,14 @@ class DataNode:
             return w.commit()
 
     def _append(
-        self, oid: bytes, seq: int, data: bytes | memoryview, pins: set[DataFile] | None
+        self,
+        oid: bytes,
+        seq: int,
+        data: bytes | memoryview,
+        pins: set[DataFile] | None,
+        flags: int = 0,
     ) -> tuple[DataFile, int, int]:
-        header, crc = df.encode_record_header(oid, seq, data)  # CRC outside the lock
+        header, crc = df.encode_record_header(oid, seq, data, flags=flags)  # CRC outside the lock
         with self._append_lock:
             if self._closed or self._failed is not None:
                 raise DataStoreError(f"data node {self.directory} is closed or failed")
@@ -302,8 +367,10 @@ class DataNode:
                     "UPDATE files SET state = 'readonly', size = ? WHERE file_id = ?",
                     (old.size, old.file_id),
                 )
-                db.execute(_NEW_FILE, (new_id, df.FILE_HEADER_SIZE))
+                db.execute(_NEW_FILE, (new_id, df.FILE_HEADER_SIZE, df.FILE_HEADER_SIZE))
+                self._indexed_active = new_id
         except BaseException:
+            self._indexed_active = old.file_id
             new.close()
             new.path.unlink()
             raise
@@ -347,7 +414,8 @@ class DataNode:
                 for seq, start, f, offset, n, crc in w._records:
                     rows.append((w._oid, seq, start, f.file_id, offset, n, crc, now))
                     live[f.file_id] = live.get(f.file_id, 0) + HDR + n
-            with self._writing() as db:
+            files = live.keys()  # the tail scan only rebuilds rows of the indexed active file
+            with self._writing(lambda: any(i != self._indexed_active for i in files)) as db:
                 db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 db.executemany(_ADD_LIVE, [(n, file_id) for file_id, n in live.items()])
         except Exception as exc:
@@ -374,18 +442,26 @@ class DataNode:
                 raise DataStoreError(f"fdatasync of {f.path} failed: {exc}") from exc
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self, durable: bool | Callable[[], bool] = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; fsynced when durable (a predicate is asked under the lock)."""
         with self._db_lock:
             if self._closed:
                 raise DataStoreError(f"data node {self.directory} is closed")
-            self._db.execute("BEGIN IMMEDIATE")
+            sync = durable() if callable(durable) else durable
+            if sync:  # FULL syncs the WAL at commit, and with it every earlier commit
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                if sync:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     # ---- reading ----
 
@@ -490,7 +566,7 @@ class DataNode:
         oids = [_oid(x) for x in object_ids]
         freed: dict[int, int] = {}
         deleted = 0
-        with self._writing() as db:
+        with self._writing(durable=False) as db:  # if lost, the objects come back as orphans
             for oid in oids:
                 rows = db.execute(
                     "DELETE FROM records WHERE object_id = ? RETURNING file_id, length", (oid,)
@@ -654,6 +730,12 @@ class DataNode:
             self._commit_cv.notify_all()
         self._committer.join()
         with self._maintenance, self._append_lock:
+            if self._failed is None:  # every record is indexed or garbage now
+                try:
+                    with self._writing() as db:
+                        db.execute(_MARK, (self._active.size, self._active.file_id))
+                except (sqlite3.Error, DataStoreError) as exc:
+                    log.error("closing %s: could not store the index mark: %s", self.directory, exc)
             self._closed = True
             self._release_handles()
 
