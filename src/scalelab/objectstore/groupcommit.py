@@ -5,6 +5,12 @@ transaction; if one fails (an `If-None-Match` that does not hold), the batch is 
 transaction per op, so a failure never undoes its neighbours. Sixteen concurrent PUTs share
 one fsync instead of paying sixteen, and SQLite never sees two writers. `Reclaimer` does the
 same for deleting the data of replaced versions on the data node, off the request path.
+
+An op can wait for another future (the data node's commit of the bytes it will point at)
+without a trip through the event loop. Its `on_error` runs when, and only when, it did not
+commit: it failed, was cancelled before it ran, or what it waited for failed. Only the
+committer knows which, so a caller cancelled mid-commit never cleans up after an op that
+went through.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -67,7 +73,7 @@ class BatchWorker(Generic[T]):
                 return
 
 
-_Op = tuple[Callable[[Connection], Any], Future[Any]]
+_Op = tuple[Callable[[Connection], Any], Future[Any], Callable[[], None] | None]
 
 
 class Committer(BatchWorker[_Op]):
@@ -77,16 +83,45 @@ class Committer(BatchWorker[_Op]):
         self._engine = writing(engine)
         super().__init__("metadata-committer", max_batch)
 
-    def submit(self, op: Callable[[Connection], T]) -> Future[T]:
+    def submit(
+        self,
+        op: Callable[[Connection], T],
+        *,
+        after: Future[Any] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> Future[T]:
+        """Queue op (once `after` has succeeded); its future has op's result or error."""
         future: Future[T] = Future()
-        self._put((op, future))
+        item: _Op = (op, future, on_error)
+        if after is None:
+            self._put(item)
+        else:
+
+            def ready(done: Future[Any]) -> None:  # on the thread that completed `after`
+                exc = CancelledError() if done.cancelled() else done.exception()
+                if exc is None:
+                    self._put(item)
+                elif future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+                    _cleanup(item)
+                else:
+                    _cleanup(item)
+
+            after.add_done_callback(ready)
         return future
 
     def run(self, op: Callable[[Connection], T]) -> T:
         return self.submit(op).result()
 
     def _handle(self, batch: list[_Op]) -> None:
-        self._commit(batch)
+        live = []
+        for item in batch:  # a future cancelled while queued (its caller gone) never runs
+            if item[1].set_running_or_notify_cancel():
+                live.append(item)
+            else:
+                _cleanup(item)
+        if live:
+            self._commit(live)
 
     def _commit(self, batch: list[_Op]) -> None:
         """All ops in one transaction; if any op fails, redo them one transaction each.
@@ -98,19 +133,29 @@ class Committer(BatchWorker[_Op]):
         values: list[Any] = []
         try:
             with self._engine.begin() as conn:
-                for op, _future in batch:
+                for op, _future, _on_error in batch:
                     values.append(op(conn))
         except Exception as exc:
             if len(batch) == 1:
                 if not isinstance(exc, S3Error):
                     log.exception("metadata commit failed")
                 batch[0][1].set_exception(exc)
+                _cleanup(batch[0])
                 return
             for item in batch:
                 self._commit([item])
             return
-        for (_op, future), value in zip(batch, values, strict=True):
+        for (_op, future, _on_error), value in zip(batch, values, strict=True):
             future.set_result(value)
+
+
+def _cleanup(item: _Op) -> None:
+    """Run an op's on_error; a failing clean-up is logged (the orphan sweep is the backstop)."""
+    if (on_error := item[2]) is not None:
+        try:
+            on_error()
+        except Exception:
+            log.exception("clean-up after a metadata op that did not commit failed")
 
 
 class Reclaimer(BatchWorker[list[str]]):

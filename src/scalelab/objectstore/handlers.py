@@ -454,7 +454,7 @@ class Handlers:
             data=written.ref,
             checksum=written.checksums.get(upload.checksum_algorithm or ""),
         )
-        await self.multipart.store_part(upload.upload_id, part)
+        await self.multipart.store_part(upload.upload_id, part, written)
         body = s3xml.render(
             "CopyPartResult",
             [("ETag", part.etag), ("LastModified", s3xml.timestamp(part.last_modified))],

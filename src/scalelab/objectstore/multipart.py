@@ -30,7 +30,7 @@ from scalelab.objectstore.model import (
     new_upload_id,
     quote_etag,
 )
-from scalelab.objectstore.service import Body, Integrity, ObjectStore
+from scalelab.objectstore.service import Body, Integrity, ObjectStore, Written
 
 # (state, event) -> next state. States: "open" (created, parts may arrive) and "gone"
 # (completed or aborted; the row is deleted). Anything not listed is NoSuchUpload.
@@ -127,19 +127,15 @@ class Multipart:
             data=written.ref,
             checksum=checksum,
         )
-        return await self._store_part(upload_id, part, written.checksums)
+        return await self.store_part(upload_id, part, written)
 
-    async def store_part(self, upload_id: str, part: Part) -> Part:
-        return await self._store_part(upload_id, part, {})
-
-    async def _store_part(self, upload_id: str, part: Part, _computed: dict[str, str]) -> Part:
-        try:
-            replaced = await self.store.commit(
-                lambda conn: self.meta.put_part(conn, upload_id, part)
-            )
-        except BaseException:
-            self.store.discard([part.data])
-            raise
+    async def store_part(self, upload_id: str, part: Part, written: Written) -> Part:
+        """Record a part once its data is durable; a part it replaces becomes garbage."""
+        replaced = await self.store.commit(
+            lambda conn: self.meta.put_part(conn, upload_id, part),
+            after=written.durable,
+            on_error=lambda: self.store.discard([part.data]),
+        )
         if replaced is not None:
             self.store.discard([replaced.data])
         return part

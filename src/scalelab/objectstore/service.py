@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -25,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection
 
 from scalelab.objectstore import checksums, policy
-from scalelab.objectstore.datanode import DataNode
+from scalelab.objectstore.datanode import DataNode, StoredObject
 from scalelab.objectstore.errors import ObjectMissing, S3Error
 from scalelab.objectstore.groupcommit import Reclaimer
 from scalelab.objectstore.metadata import MetadataStore
@@ -86,9 +87,12 @@ class Integrity:
 
 @dataclass(frozen=True)
 class Written:
+    """Data handed to the data node: `durable` resolves once its bytes are on disk."""
+
     ref: DataRef
     md5_hex: str
     checksums: dict[str, str]  # algorithm -> base64, as computed
+    durable: Future[StoredObject]
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,18 @@ class ObjectStore:
         self.authorize(principal, found, operation, key)
         return found
 
-    async def commit(self, op: Callable[[Connection], T]) -> T:
-        return await asyncio.wrap_future(self.meta.committer.submit(op))
+    async def commit(
+        self,
+        op: Callable[[Connection], T],
+        *,
+        after: Future[Any] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> T:
+        """Run op in the next group commit, once `after` (a data write) is durable; on_error
+        runs if it does not commit (see groupcommit)."""
+        return await asyncio.wrap_future(
+            self.meta.committer.submit(op, after=after, on_error=on_error)
+        )
 
     # buckets -----------------------------------------------------------------------------
 
@@ -208,7 +222,12 @@ class ObjectStore:
     async def write_body(
         self, body: Body, integrity: Integrity, *, limit: int = MAX_PUT_BYTES
     ) -> Written:
-        """Stream a body to the data store, verifying what the client asked; durable on return."""
+        """Stream a body to the data store, verifying what the client asked.
+
+        Returns once the body is verified and appended; the data node's group commit makes it
+        durable, and the metadata op that refers to it chains onto `Written.durable`, so a
+        small PUT pays no event-loop round trip between the two commits.
+        """
         writer = self.node.writer()
         md5 = hashlib.md5(usedforsecurity=False)
         hashers = [checksums.new_hasher(alg) for alg in integrity.algorithms()]
@@ -248,14 +267,14 @@ class ObjectStore:
             body.verify_payload()
             computed = {h.algorithm: h.b64digest() for h in hashers}
             _verify(integrity, md5.digest(), computed, body.trailers)
-            stored = await asyncio.wrap_future(writer.commit_future())
+            durable = writer.commit_future()
         except BaseException:
             if pending is not None and not pending.done():
                 with contextlib.suppress(BaseException):
                     await pending
             writer.abort()
             raise
-        return Written(DataRef(stored.object_id, stored.size), md5.hexdigest(), computed)
+        return Written(DataRef(writer.object_id, size), md5.hexdigest(), computed, durable)
 
     def discard(self, refs: Iterator[DataRef] | tuple[DataRef, ...] | list[DataRef]) -> None:
         """Delete data no metadata points at any more (after the metadata commit).
@@ -275,7 +294,7 @@ class ObjectStore:
         *,
         if_none_match: str | None = None,
         if_match: str | None = None,
-        written: tuple[DataRef, ...] = (),
+        written: Written | None = None,
         end_upload: str | None = None,
     ) -> ObjectVersion:
         """Commit a new latest version built by `make(version_id)`, checking write conditions.
@@ -306,11 +325,13 @@ class ObjectStore:
             replaced = self.meta.insert_version(conn, version)
             return version, replaced
 
-        try:
+        if written is None:
             version, replaced = await self.commit(op)
-        except BaseException:
-            self.discard(written)
-            raise
+        else:
+            ref = written.ref
+            version, replaced = await self.commit(
+                op, after=written.durable, on_error=lambda: self.discard([ref])
+            )
         self.discard([ref for old in replaced for ref in old.data])
         return version
 
@@ -384,7 +405,7 @@ class ObjectStore:
             make,
             if_none_match=if_none_match,
             if_match=if_match,
-            written=(written.ref,),
+            written=written,
         )
 
     async def copy_data(
