@@ -8,10 +8,12 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Connection, Integer, MetaData, Table, func, insert, select
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, event, func, insert, select
 
 from scalelab.objectstore.errors import S3Error
 from scalelab.objectstore.groupcommit import Committer
+from scalelab.objectstore.metadata import MetadataStore
+from scalelab.objectstore.model import Bucket
 from scalelab.storage.sql import create_engine, create_schema, sqlite_url
 
 meta = MetaData()
@@ -125,3 +127,40 @@ def test_failing_op_cleans_up_and_spares_its_batch(committer: Committer) -> None
     with pytest.raises(S3Error):
         futs[1].result(timeout=5)
     assert stored(committer) == {5, 6} and cleaned == ["refused"]
+
+
+def test_bucket_memo_sees_changes_made_in_the_same_transaction(tmp_path: Path) -> None:
+    """A batch reads each bucket once, but a bucket changed or dropped in it is read afresh."""
+    engine = create_engine(sqlite_url(tmp_path / "meta.db"))
+    store = MetadataStore(engine)
+    store.create_schema()
+    try:
+        store.committer.run(lambda conn: store.create_bucket(conn, Bucket("b", "me", 0.0, "r")))
+        selects: list[str] = []
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda *a: (
+                selects.append(a[2])
+                if "buckets" in a[2] and a[2].lstrip().upper().startswith("SELECT")
+                else None
+            ),
+        )
+
+        def batch(conn: Connection) -> list[str]:
+            seen = [store.get_bucket_in(conn, "b").versioning]
+            seen.append(store.get_bucket_in(conn, "b").versioning)  # from the memo
+            store.update_bucket(conn, "b", versioning="Enabled")
+            seen.append(store.get_bucket_in(conn, "b").versioning)
+            store.update_bucket(conn, "b", versioning="Suspended")
+            store.delete_bucket(conn, "b")
+            with pytest.raises(S3Error, match="bucket does not exist"):
+                store.get_bucket_in(conn, "b")
+            return seen
+
+        assert store.committer.run(batch) == ["", "", "Enabled"]
+        bucket_reads = [s for s in selects if "FROM buckets" in s and "objects" not in s]
+        assert len(bucket_reads) == 4  # first read, after each change, and the one that fails
+    finally:
+        store.close()
+        engine.dispose()

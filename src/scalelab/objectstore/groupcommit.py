@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -79,8 +80,14 @@ _Op = tuple[Callable[[Connection], Any], Future[Any], Callable[[], None] | None]
 class Committer(BatchWorker[_Op]):
     """Group commit for the metadata store: one transaction and one fsync per batch."""
 
-    def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 256,
+        scope: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self._engine = writing(engine)
+        self._scope = scope  # entered around each transaction (a per-transaction memo)
         super().__init__("metadata-committer", max_batch)
 
     def submit(
@@ -132,7 +139,7 @@ class Committer(BatchWorker[_Op]):
         """
         values: list[Any] = []
         try:
-            with self._engine.begin() as conn:
+            with self._scope(), self._engine.begin() as conn:
                 for op, _future, _on_error in batch:
                     values.append(op(conn))
         except Exception as exc:

@@ -20,6 +20,8 @@ fsync, for every write waiting at that moment).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -167,6 +169,25 @@ _PROMOTE = (
 )
 
 
+# Buckets read in the current group-commit transaction (set by the committer's thread only).
+_TX_BUCKETS: ContextVar[dict[str, Bucket] | None] = ContextVar("tx_buckets", default=None)
+
+
+@contextmanager
+def transaction_memo() -> Iterator[None]:
+    """Remember bucket rows for one transaction (the committer wraps each in this)."""
+    token = _TX_BUCKETS.set({})
+    try:
+        yield
+    finally:
+        _TX_BUCKETS.reset(token)
+
+
+def _forget_bucket(name: str) -> None:
+    if (memo := _TX_BUCKETS.get()) is not None:
+        memo.pop(name, None)
+
+
 def encode_data(refs: tuple[DataRef, ...]) -> str:
     return " ".join(f"{r.object_id}:{r.size}" for r in refs)
 
@@ -292,7 +313,7 @@ class MetadataStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.committer = Committer(engine)
+        self.committer = Committer(engine, scope=transaction_memo)
 
     def create_schema(self) -> None:
         create_schema(self.engine, metadata)
@@ -309,11 +330,21 @@ class MetadataStore:
 
     @staticmethod
     def get_bucket_in(conn: Connection, name: str) -> Bucket:
-        """The bucket as this transaction sees it (NoSuchBucket if it is gone)."""
+        """The bucket as this transaction sees it (NoSuchBucket if it is gone).
+
+        Within a group commit the row is read once per transaction: sixteen PUTs to one
+        bucket need one SELECT, and the writes below forget what they change.
+        """
+        memo = _TX_BUCKETS.get()
+        if memo is not None and (found := memo.get(name)) is not None:
+            return found
         row = conn.execute(_BUCKET_BY_NAME, {"name": name}).first()
         if row is None:
             raise S3Error("NoSuchBucket", BucketName=name)
-        return _bucket(row)
+        bucket = _bucket(row)
+        if memo is not None:
+            memo[name] = bucket
+        return bucket
 
     def list_buckets(self) -> list[Bucket]:
         with self.engine.connect() as conn:
@@ -322,6 +353,7 @@ class MetadataStore:
 
     @staticmethod
     def create_bucket(conn: Connection, bucket: Bucket) -> None:
+        _forget_bucket(bucket.name)
         row = conn.execute(select(buckets.c.owner).where(buckets.c.name == bucket.name)).first()
         if row is not None:
             code = "BucketAlreadyOwnedByYou" if row.owner == bucket.owner else "BucketAlreadyExists"
@@ -339,6 +371,7 @@ class MetadataStore:
 
     @staticmethod
     def delete_bucket(conn: Connection, name: str) -> None:
+        _forget_bucket(name)
         if conn.execute(select(buckets.c.name).where(buckets.c.name == name)).first() is None:
             raise S3Error("NoSuchBucket", BucketName=name)
         has_objects = conn.execute(
@@ -353,6 +386,7 @@ class MetadataStore:
 
     @staticmethod
     def update_bucket(conn: Connection, name: str, **values: Any) -> None:
+        _forget_bucket(name)
         if "tags" in values:
             values["tags"] = orjson.dumps(values["tags"]).decode()
         result = conn.execute(update(buckets).where(buckets.c.name == name).values(**values))
@@ -377,17 +411,21 @@ class MetadataStore:
         return _version(row) if row else None
 
     @staticmethod
-    def insert_version(conn: Connection, version: ObjectVersion) -> list[ObjectVersion]:
+    def insert_version(
+        conn: Connection, version: ObjectVersion, ever_versioned: bool = True
+    ) -> list[ObjectVersion]:
         """Make `version` the latest; returns versions it replaced (their data is garbage).
 
         A version id of "null" replaces any existing null version (unversioned and suspended
-        buckets); otherwise the previous latest stays as a noncurrent version.
+        buckets); otherwise the previous latest stays as a noncurrent version. In a bucket
+        that was never versioned every version is null, so there is nothing to demote.
         """
         replaced: list[ObjectVersion] = []
         key = {"b": version.bucket, "k": version.key}
         if version.version_id == "null":
             replaced = [_version(r) for r in conn.execute(_DELETE_NULL, key)]
-        conn.execute(_DEMOTE_LATEST, {**key, "since": version.last_modified})
+        if ever_versioned or version.version_id != "null":
+            conn.execute(_DEMOTE_LATEST, {**key, "since": version.last_modified})
         conn.execute(_INSERT_VERSION, _version_values(version))
         return replaced
 

@@ -322,7 +322,7 @@ class ObjectStore:
                         raise S3Error("NoSuchKey", Key=version.key)
                     if not etag_matches(if_match, live.etag):
                         raise S3Error("PreconditionFailed", Condition="If-Match")
-            replaced = self.meta.insert_version(conn, version)
+            replaced = self.meta.insert_version(conn, version, bucket.versioning != "")
             return version, replaced
 
         if written is None:
