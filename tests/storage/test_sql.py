@@ -1,7 +1,20 @@
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    text,
+)
 
 from scalelab.storage import sql
 
@@ -38,3 +51,29 @@ def test_both_backends_commit_and_roll_back(sql_engine: Engine) -> None:
 def test_schema_name_is_checked() -> None:
     with pytest.raises(ValueError):
         sql.create_engine("postgresql://u@h/db", schema="x; drop table y")
+
+
+def test_prepared_statements_on_both_backends(sql_engine: Engine) -> None:
+    """Compiled once per dialect, run in the caller's transaction, literals kept, rows named."""
+    meta = MetaData()
+    t = Table(
+        "prep", meta, Column("id", Integer, primary_key=True), Column("k", String(20)),
+        Column("v", String(20)), Column("flag", Boolean),
+    )  # fmt: skip
+    meta.create_all(sql_engine)
+    dialect = sql_engine.dialect
+    add = sql.Prepared(insert(t).values(k=bindparam("k"), v=bindparam("v"), flag=True), dialect)
+    gone = delete(t).where(t.c.k == "a", t.c.v == bindparam("v")).returning(t.c.k, t.c.flag)
+    take_a = sql.Prepared(gone, dialect)
+    with sql.writing(sql_engine).begin() as conn:
+        assert add.run(conn, {"k": "a", "v": "1"}) == []
+        add.run(conn, {"k": "b", "v": "1"})
+    with pytest.raises(RuntimeError), sql.writing(sql_engine).begin() as conn:
+        add.run(conn, {"k": "c", "v": "1"})
+        raise RuntimeError("rolled back with the transaction")
+    with sql.writing(sql_engine).begin() as conn:
+        rows = take_a.run(conn, {"v": "1"})
+    assert [(r.k, bool(r.flag)) for r in rows] == [("a", True)]
+    with sql_engine.connect() as conn:
+        assert conn.execute(select(t.c.k)).scalars().all() == ["b"]
+    meta.drop_all(sql_engine)

@@ -15,6 +15,7 @@ went through.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -88,7 +89,14 @@ class Committer(BatchWorker[_Op]):
     ) -> None:
         self._engine = writing(engine)
         self._scope = scope  # entered around each transaction (a per-transaction memo)
-        super().__init__("metadata-committer", max_batch)
+        self._conn: Connection | None = None  # kept open: a pool checkout per batch costs more
+        super().__init__("metadata-committer", max_batch)  # than a small transaction's SQL
+
+    def close(self) -> None:
+        super().close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def submit(
         self,
@@ -138,11 +146,18 @@ class Committer(BatchWorker[_Op]):
         because nothing of the failed attempt was committed.
         """
         values: list[Any] = []
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        conn = self._conn
         try:
-            with self._scope(), self._engine.begin() as conn:
+            with self._scope(), conn.begin():
                 for op, _future, _on_error in batch:
                     values.append(op(conn))
         except Exception as exc:
+            if not isinstance(exc, S3Error):  # perhaps the connection broke: use a new one
+                self._conn = None
+                with contextlib.suppress(Exception):
+                    conn.close()
             if len(batch) == 1:
                 if not isinstance(exc, S3Error):
                     log.exception("metadata commit failed")

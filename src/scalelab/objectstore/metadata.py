@@ -52,7 +52,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from scalelab.objectstore.errors import S3Error
 from scalelab.objectstore.groupcommit import Committer
 from scalelab.objectstore.model import Bucket, DataRef, ObjectVersion, Part, Upload
-from scalelab.storage.sql import create_schema
+from scalelab.storage.sql import Prepared, create_schema
 
 KeyText = Text().with_variant(Text(collation="C"), "postgresql")
 
@@ -155,7 +155,6 @@ _DEMOTE_LATEST = (
     .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.is_latest == True)  # noqa: E712
     .values(is_latest=False, noncurrent_since=bindparam("since"))
 )
-_INSERT_VERSION = insert(objects)
 _DELETE_VERSION = (
     delete(objects)
     .where(objects.c.bucket == _B, objects.c.key == _K, objects.c.version_id == _V)
@@ -314,6 +313,13 @@ class MetadataStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.committer = Committer(engine, scope=transaction_memo)
+        # What every PUT runs, on the DBAPI cursor (see storage.sql.Prepared).
+        dialect = engine.dialect
+        self._delete_null = Prepared(_DELETE_NULL, dialect)
+        self._demote_latest = Prepared(_DEMOTE_LATEST, dialect)
+        columns = _version_values(ObjectVersion("", "", "", True, False, 0.0))  # every column
+        insert_all = insert(objects).values({name: bindparam(name) for name in columns})
+        self._insert_version = Prepared(insert_all, dialect)
 
     def create_schema(self) -> None:
         create_schema(self.engine, metadata)
@@ -410,9 +416,8 @@ class MetadataStore:
                 row = c.execute(query, params).first()
         return _version(row) if row else None
 
-    @staticmethod
     def insert_version(
-        conn: Connection, version: ObjectVersion, ever_versioned: bool = True
+        self, conn: Connection, version: ObjectVersion, ever_versioned: bool = True
     ) -> list[ObjectVersion]:
         """Make `version` the latest; returns versions it replaced (their data is garbage).
 
@@ -423,10 +428,10 @@ class MetadataStore:
         replaced: list[ObjectVersion] = []
         key = {"b": version.bucket, "k": version.key}
         if version.version_id == "null":
-            replaced = [_version(r) for r in conn.execute(_DELETE_NULL, key)]
+            replaced = [_version(r) for r in self._delete_null.run(conn, key)]
         if ever_versioned or version.version_id != "null":
-            conn.execute(_DEMOTE_LATEST, {**key, "since": version.last_modified})
-        conn.execute(_INSERT_VERSION, _version_values(version))
+            self._demote_latest.run(conn, {**key, "since": version.last_modified})
+        self._insert_version.run(conn, _version_values(version))
         return replaced
 
     @staticmethod

@@ -9,10 +9,11 @@ so two writers queue instead of failing on a lock upgrade. PostgreSQL goes throu
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, event
+from sqlalchemy import ClauseElement, Connection, Dialect, Engine, MetaData, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 
@@ -91,3 +92,40 @@ def writing(engine: Engine) -> Engine:
 
 def create_schema(engine: Engine, metadata: MetaData) -> None:
     metadata.create_all(engine)
+
+
+class Prepared:
+    """A Core statement compiled once for one dialect and run on the DBAPI cursor.
+
+    For the few statements on a write path's hot loop: SQLAlchemy's per-execute bookkeeping
+    (execution context, events, result proxy) costs more than SQLite's own work for a one-row
+    INSERT. Only for columns whose values the driver takes as they are (str, int, float, bool,
+    None: no bind or result processing happens here). Rows come back as named tuples.
+    """
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self._defaults = dict(compiled.params)  # values bound in the statement itself
+        self._order: list[str] | None = getattr(compiled, "positiontup", None)  # None: named
+        self._row: Any = None  # the named tuple type, made from the first result's columns
+        # Rows only when asked for: PostgreSQL's INSERT also renders an implicit RETURNING id.
+        self._rows = bool(
+            getattr(statement, "is_select", False)
+            or getattr(statement, "returning_column_descriptions", None)
+        )
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Execute in conn's current transaction; the rows it returns, if any."""
+        values = {**self._defaults, **params}
+        args: Any = values if self._order is None else [values[n] for n in self._order]
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            if not self._rows:
+                return []
+            if self._row is None:
+                self._row = namedtuple("PreparedRow", [d[0] for d in cursor.description])  # type: ignore[misc]  # noqa: PYI024
+            return [self._row(*r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
