@@ -17,7 +17,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -460,14 +460,21 @@ class ObjectStore:
         if end - start <= INLINE_READ_BYTES:
             yield self.read_bytes(version, start, end)
             return
+        # One piece read ahead: the next record is read and verified on a worker thread while
+        # the current one goes out on the socket.
         pieces = self._pieces(version.data, start, end)
-        while True:
-            piece = await asyncio.to_thread(next, pieces, None)
-            if piece is None:
-                return
-            yield piece
+        loop = asyncio.get_running_loop()
+        ahead = loop.run_in_executor(None, next, pieces, None)
+        try:
+            while (piece := await ahead) is not None:
+                ahead = loop.run_in_executor(None, next, pieces, None)
+                yield piece
+        finally:  # the reader stopped early: let the read in flight finish before closing
+            if not ahead.done():
+                await asyncio.wait([ahead])
+            pieces.close()
 
-    def _pieces(self, refs: tuple[DataRef, ...], start: int, end: int) -> Iterator[bytes]:
+    def _pieces(self, refs: tuple[DataRef, ...], start: int, end: int) -> Generator[bytes]:
         offset = 0
         for ref in refs:
             lo, hi = max(start, offset), min(end, offset + ref.size)
