@@ -142,8 +142,9 @@ def test_retention_by_size_keeps_at_least_the_limit(tmp_path: Path) -> None:
 
 @settings(max_examples=40)
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=40), st.integers(200, 2000))
-def test_any_appends_read_back_after_reopen(tmp_path_factory: pytest.TempPathFactory,
-                                            counts: list[int], segment_bytes: int) -> None:  # fmt: skip
+def test_any_appends_read_back_after_reopen(
+    tmp_path_factory: pytest.TempPathFactory, counts: list[int], segment_bytes: int
+) -> None:
     d = tmp_path_factory.mktemp("p")
     p = Partition(d, LogConfig(segment_bytes=segment_bytes))
     expected = []
