@@ -96,7 +96,8 @@ def test_versions_and_apis_the_broker_does_not_speak() -> None:
     out = codec.unsupported_version_response(future_api_versions)
     assert out is not None and struct.unpack_from(">ii", out) == (len(out) - 4, 21)
     resp = ApiVersionsResponse.decode(out[8:], version=0)
-    assert resp.error_code == codec.UNSUPPORTED_VERSION and len(resp.api_keys) == len(codec.SUPPORTED)
+    assert resp.error_code == codec.UNSUPPORTED_VERSION
+    assert len(resp.api_keys) == len(codec.SUPPORTED)
 
 
 @given(st.sampled_from(sorted(codec.SUPPORTED)), st.integers(0, 12), st.binary(max_size=60))
