@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from scalelab.message_queue import batch as b
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
+from scalelab.message_queue.producer_state import ProducerStateError
 from scalelab.message_queue.segment import INDEX_ENTRY
 
 
@@ -154,4 +155,26 @@ def test_any_appends_read_back_after_reopen(
     again = Partition(d, LogConfig(segment_bytes=segment_bytes))
     assert batches_in(again.read(0, 1 << 30)) == expected
     assert again.log_end_offset == sum(counts)
+    again.close()
+
+
+def test_idempotent_retry_is_not_written_twice_even_after_reopen(tmp_path: Path) -> None:
+    def produced(seq: int, count: int = 3) -> bytes:
+        return b.make_batch(b"x" * count, count, producer_id=42, producer_epoch=0,
+                            base_sequence=seq)  # fmt: skip
+
+    p = Partition(tmp_path)
+    p.append(batch(2))  # someone else's records first
+    first = p.append(produced(0))
+    assert (first.base_offset, first.duplicate) == (2, False)
+    retry = p.append(produced(0))  # the response was lost; the producer sends it again
+    assert (retry.base_offset, retry.last_offset, retry.duplicate) == (2, 4, True)
+    assert p.log_end_offset == 5
+    p.close()
+    again = Partition(tmp_path)  # the state comes back from the batch headers
+    assert again.append(produced(0)).duplicate
+    with pytest.raises(ProducerStateError):
+        again.append(produced(7))  # a gap
+    assert again.append(produced(3)).base_offset == 5
+    assert batches_in(again.read(0, 1 << 20)) == [(0, 2), (2, 3), (5, 3)]
     again.close()

@@ -22,7 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scalelab.message_queue.batch import BatchError, BatchHeader, rewrite_base_offset, split
+from scalelab.message_queue.batch import BatchError, rewrite_base_offset, split
+from scalelab.message_queue.producer_state import (
+    OUT_OF_ORDER_SEQUENCE_NUMBER,
+    Duplicate,
+    ProducerStateError,
+    ProducerStates,
+)
 from scalelab.message_queue.segment import Segment
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class Appended:
     base_offset: int
     last_offset: int
     log_start_offset: int
+    duplicate: bool = False  # a retry: nothing was written
 
 
 class Partition:
@@ -78,6 +85,10 @@ class Partition:
         ]
         if not self._segments:
             self._segments.append(Segment.create(self.directory, 0, clock()))
+        self.producers = ProducerStates()
+        for seg in self._segments:  # headers only: the records are never decoded
+            for header in seg.headers():
+                self.producers.observe(header)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -100,23 +111,34 @@ class Partition:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def append(
-        self,
-        records: bytes | memoryview,
-        check: Callable[[BatchHeader, int], None] | None = None,
-    ) -> Appended:
-        """Append every batch of a Produce record set, assigning offsets; all or none are
-        appended if a batch is invalid. `check(header, base_offset)` may refuse one (the
-        idempotent producer's sequence check) by raising."""
+    def append(self, records: bytes | memoryview) -> Appended:
+        """Append every batch of a Produce record set, assigning offsets; all or none.
+
+        Raises BatchError for a batch that is not valid, ProducerStateError for one the
+        idempotent producer checks refuse; a retried batch already in the log is not written
+        again, and its original offsets come back (`duplicate`).
+        """
         batches = list(split(records))  # BatchError before anything is written
         if not batches:
             raise BatchError("empty record set", 2)
         with self._lock:
             offset = self.log_end_offset
+            states = self.producers.clone() if len(batches) > 1 else self.producers
             planned = []
             for header, _ in batches:
-                if check is not None:
-                    check(header, offset)
+                try:
+                    states.check(header)
+                except Duplicate as dup:
+                    if len(batches) > 1:
+                        raise ProducerStateError(
+                            "a retried batch inside a multi-batch record set",
+                            OUT_OF_ORDER_SEQUENCE_NUMBER,
+                        ) from None
+                    return Appended(
+                        dup.base_offset, dup.last_offset, self.log_start_offset, duplicate=True
+                    )
+                if states is not self.producers:  # the next batch's check needs this one
+                    states.record(header, offset)
                 planned.append(offset)
                 offset += header.last_offset_delta + 1
             first = planned[0]
@@ -125,6 +147,10 @@ class Partition:
                 self.active.append(
                     rewrite_base_offset(view, base), replace(header, base_offset=base)
                 )
+            if states is self.producers:  # remembered only once written
+                states.record(batches[0][0], first)
+            else:
+                self.producers = states
             return Appended(first, offset - 1, self.log_start_offset)
 
     def _maybe_roll(self, incoming: int) -> None:

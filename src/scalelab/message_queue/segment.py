@@ -22,6 +22,7 @@ import bisect
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,6 +240,14 @@ class Segment:
                 return pos
             pos += header.size
         return None
+
+    def headers(self) -> Iterator[BatchHeader]:
+        """Every batch header, in order (rebuilding producer state on open)."""
+        pos = 0
+        while pos + HEADER_SIZE <= self.size:
+            header = BatchHeader.parse(os.pread(self.fd, HEADER_SIZE, pos))
+            yield header
+            pos += header.size
 
     def read(self, position: int, max_bytes: int, upto: int | None = None) -> bytes:
         """Whole batches from position, at least one, then as many as fit in max_bytes;
