@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from scalelab.message_queue import batch as b
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
@@ -102,14 +103,23 @@ def test_garbage_after_the_last_batch_is_truncated(tmp_path: Path) -> None:
     again.close()
 
 
-def test_offset_for_time_uses_the_time_index(tmp_path: Path) -> None:
+def timed_batch(timestamps: list[int]) -> bytes:
+    """Real records (kafka-python's builder): a time lookup decodes the batch it lands in."""
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
+    for i, ts in enumerate(timestamps):
+        builder.append(i, timestamp=ts, key=None, value=b"v", headers=[])
+    return bytes(builder.build())
+
+
+def test_offset_for_time_finds_the_record(tmp_path: Path) -> None:
     p = Partition(tmp_path, LogConfig(segment_bytes=600))
     for i in range(30):
-        p.append(batch(2, ts=1000 * i))
-    assert p.offset_for_time(0) == 0
-    assert p.offset_for_time(5000) == 10  # batch 5 (offsets 10-11) has timestamps 5000-5002
-    assert p.offset_for_time(5001) == 10
-    assert p.offset_for_time(29_000) == 58
+        p.append(timed_batch([1000 * i, 1000 * i + 500]))
+    assert p.offset_for_time(0) == (0, 0)
+    assert p.offset_for_time(5000) == (10, 5000)  # batch 5: offsets 10-11
+    assert p.offset_for_time(5001) == (11, 5500)  # inside the batch
+    assert p.offset_for_time(5501) == (12, 6000)
+    assert p.offset_for_time(29_500) == (59, 29_500)
     assert p.offset_for_time(10**9) is None
     p.close()
 

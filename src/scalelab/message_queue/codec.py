@@ -18,6 +18,7 @@ from typing import Any
 
 with warnings.catch_warnings():  # kafka-python 3.0 loads its schemas with a deprecated API
     warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka.protocol import admin, consumer, metadata, producer
     from kafka.protocol.admin import (
         CreateTopicsRequest,
         DeleteTopicsRequest,
@@ -96,6 +97,18 @@ SUPPORTED: dict[int, tuple[Any, int, int]] = {
         (DescribeConfigsRequest, 0, 4),
     )
 }
+
+
+def _response_class(request_class: Any) -> Any:
+    """FooRequest's FooResponse, from the module that defines both."""
+    name = request_class.__name__.removesuffix("Request") + "Response"
+    for module in (admin, consumer, metadata, producer):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise LookupError(name)
+
+
+RESPONSES: dict[int, Any] = {key: _response_class(cls) for key, (cls, _, _) in SUPPORTED.items()}
 
 
 class FrameError(Exception):

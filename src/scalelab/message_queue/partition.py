@@ -204,8 +204,8 @@ class Partition:
             offset = seg.next_offset
         return b"".join(out)
 
-    def offset_for_time(self, timestamp: int) -> int | None:
-        """ListOffsets by timestamp: the earliest offset whose batch timestamp >= timestamp."""
+    def offset_for_time(self, timestamp: int) -> tuple[int, int] | None:
+        """ListOffsets by timestamp: (offset, timestamp) of the first record at or after it."""
         with self._lock:
             segments = list(self._segments)
         for seg in segments:

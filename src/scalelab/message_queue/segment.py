@@ -31,6 +31,7 @@ from scalelab.message_queue.batch import (
     LOG_OVERHEAD,
     BatchError,
     BatchHeader,
+    record_timestamps,
 )
 
 log = logging.getLogger(__name__)
@@ -264,8 +265,13 @@ class Segment:
             stop += header.size
         return os.pread(self.fd, min(stop, end) - position, position)
 
-    def offset_for_time(self, timestamp: int) -> int | None:
-        """The first offset whose batch has max timestamp >= timestamp, if any here."""
+    def offset_for_time(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with timestamp >= timestamp, if any here.
+
+        The time index finds the batch; the batch's records are then decoded (and
+        decompressed) to find the record: ListOffsets is not the hot path, and Kafka answers
+        with the exact record too.
+        """
         i = bisect.bisect_left(self._times, timestamp)
         if i == len(self._times):
             return None
@@ -273,8 +279,10 @@ class Segment:
         pos = self.position_of(self.base_offset + start)
         while pos is not None and pos + HEADER_SIZE <= self.size:
             header = BatchHeader.parse(os.pread(self.fd, HEADER_SIZE, pos))
-            if header.max_timestamp >= timestamp:
-                return max(header.base_offset, self.base_offset + start)
+            if header.max_timestamp >= timestamp and not header.control:
+                for offset, ts in record_timestamps(os.pread(self.fd, header.size, pos)):
+                    if ts >= timestamp:
+                        return offset, ts
             pos += header.size
         return None
 

@@ -1,0 +1,408 @@
+"""The broker's request handlers: what each Kafka API does, as functions of decoded requests.
+
+Handlers return plain dicts shaped like the response schema (snake_case field names, nested
+lists of dicts); `response_for` turns one into kafka-python's response object for whatever
+version the client asked, so a handler writes every field once and the schema decides which
+ones a version carries. The book's broker components map here: the partitions (the WAL) are
+in `TopicStore`, the producer side is `produce` (acks and the durability policy), the consumer
+side is `fetch` (the pull model with long polling), and the metadata storage is `metadata`.
+Consumer groups and transactions come in their own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from scalelab.message_queue import codec
+from scalelab.message_queue.batch import BatchError
+from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
+from scalelab.message_queue.producer_state import ProducerStateError
+from scalelab.message_queue.settings import MessageQueueSettings
+from scalelab.message_queue.topics import UNKNOWN_TOPIC_OR_PARTITION, TopicError, TopicStore
+
+log = logging.getLogger(__name__)
+
+NONE = 0
+UNKNOWN_SERVER_ERROR = -1
+INVALID_REQUEST = 42
+CLUSTER_ID = "scalelab-mq"
+EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
+
+Handler = Callable[[codec.Request], Awaitable[dict[str, Any] | None]]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _build(cls: Any, fields: list[dict[str, Any]], values: dict[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        key = _snake(f["name"])
+        if key not in values:
+            continue
+        value = values[key]
+        if "fields" in f and value is not None:
+            sub = getattr(cls, f["type"].removeprefix("[]"))
+            if f["type"].startswith("[]"):
+                value = [_build(sub, f["fields"], v) for v in value]
+            else:
+                value = _build(sub, f["fields"], value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def response_for(req: codec.Request, values: dict[str, Any]) -> Any:
+    """kafka-python's response object for req's API and version, from a dict."""
+    cls = codec.RESPONSES[req.api_key]
+    return _build(cls[req.api_version], cls.json["fields"], values)
+
+
+class Broker:
+    """One broker: its topics, and a handler per supported API."""
+
+    def __init__(self, settings: MessageQueueSettings, directory: Path) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.host, self.port = settings.host, settings.port
+        defaults = LogConfig(
+            segment_bytes=settings.segment_bytes,
+            retention_ms=int(settings.retention_hours * 3600 * 1000),
+            retention_bytes=settings.retention_bytes,
+        )
+        self.topics = TopicStore(directory / "topics", defaults)
+        self._producer_ids = _Counter(directory / "producer_id")
+        self._appended: dict[tuple[str, int], asyncio.Event] = {}
+        self.handlers: dict[int, Handler] = {
+            18: self.api_versions,
+            3: self.metadata,
+            0: self.produce,
+            1: self.fetch,
+            2: self.list_offsets,
+            19: self.create_topics,
+            20: self.delete_topics,
+            22: self.init_producer_id,
+        }
+
+    async def handle(self, req: codec.Request) -> Any | None:
+        """The response object for a decoded request, or None if it gets no response."""
+        handler = self.handlers.get(req.api_key)
+        if handler is None:
+            raise LookupError(f"API {req.api_key} is advertised but has no handler")
+        values = await handler(req)
+        return None if values is None else response_for(req, values)
+
+    # ---- metadata --------------------------------------------------------------------
+
+    async def api_versions(self, req: codec.Request) -> dict[str, Any]:
+        keys = [
+            {"api_key": k, "min_version": lo, "max_version": hi}
+            for k, (_, lo, hi) in sorted(codec.SUPPORTED.items())
+            if k in self.handlers
+        ]
+        return {"error_code": NONE, "api_keys": keys, "throttle_time_ms": 0}
+
+    def _auto_create(self, name: str) -> bool:
+        if name in self.topics.topics:
+            return True
+        if not self.settings.auto_create_topics:
+            return False
+        try:
+            self.topics.create(name, self.settings.default_partitions)
+        except TopicError as exc:
+            return exc.code == 36  # created meanwhile
+        return True
+
+    async def metadata(self, req: codec.Request) -> dict[str, Any]:
+        body = req.body
+        wanted = None if body.topics is None else [t.name for t in body.topics]
+        # v0 sends an empty list for "all topics"; later versions send null
+        if wanted is not None and not wanted and req.api_version == 0:
+            wanted = None
+        allow = getattr(body, "allow_auto_topic_creation", True)
+        topics: list[dict[str, Any]] = []
+        for name in wanted if wanted is not None else sorted(self.topics.topics):
+            topic = self.topics.topics.get(name)
+            if topic is None and allow and self._auto_create(name):
+                topic = self.topics.topics.get(name)
+            if topic is None:
+                code = UNKNOWN_TOPIC_OR_PARTITION
+                topics.append({"error_code": code, "name": name, "partitions": []})
+                continue
+            partitions = [
+                {
+                    "error_code": NONE,
+                    "partition_index": i,
+                    "leader_id": self.node_id,
+                    "leader_epoch": 0,
+                    "replica_nodes": [self.node_id],
+                    "isr_nodes": [self.node_id],
+                    "offline_replicas": [],
+                }
+                for i in range(topic.partitions)
+            ]
+            topics.append(
+                {
+                    "error_code": NONE,
+                    "name": name,
+                    "topic_id": uuid.UUID(topic.topic_id),
+                    "is_internal": name.startswith("__"),
+                    "partitions": partitions,
+                }
+            )
+        return {
+            "throttle_time_ms": 0,
+            "brokers": [
+                {"node_id": self.node_id, "host": self.host, "port": self.port, "rack": None}
+            ],
+            "cluster_id": CLUSTER_ID,
+            "controller_id": self.node_id,
+            "topics": topics,
+        }
+
+    async def create_topics(self, req: codec.Request) -> dict[str, Any]:
+        results = []
+        for t in req.body.topics:
+            count = t.num_partitions if t.num_partitions > 0 else self.settings.default_partitions
+            configs = {c.name: c.value for c in t.configs or [] if c.value is not None}
+            try:
+                if not req.body.validate_only:
+                    self.topics.create(t.name, count, configs)
+                code, message = NONE, None
+            except TopicError as exc:
+                code, message = exc.code, str(exc)
+            results.append(
+                {
+                    "name": t.name,
+                    "error_code": code,
+                    "error_message": message,
+                    "num_partitions": count,
+                    "replication_factor": 1,
+                    "configs": [],
+                }
+            )
+        return {"throttle_time_ms": 0, "topics": results}
+
+    async def delete_topics(self, req: codec.Request) -> dict[str, Any]:
+        names = getattr(req.body, "topic_names", None) or [t.name for t in req.body.topics or []]
+        results = []
+        for name in names:
+            try:
+                self.topics.delete(name)
+                code = NONE
+            except TopicError as exc:
+                code = exc.code
+            results.append({"name": name, "error_code": code})
+        return {"throttle_time_ms": 0, "responses": results}
+
+    # ---- producing ---------------------------------------------------------------------
+
+    async def produce(self, req: codec.Request) -> dict[str, Any] | None:
+        body = req.body
+        responses = []
+        to_sync: set[Partition] = set()
+        for topic in body.topic_data:
+            if not self._auto_create(topic.name):
+                responses.append(
+                    {
+                        "name": topic.name,
+                        "partition_responses": [
+                            {
+                                "index": p.index,
+                                "error_code": UNKNOWN_TOPIC_OR_PARTITION,
+                                "base_offset": -1,
+                            }
+                            for p in topic.partition_data
+                        ],
+                    }
+                )
+                continue
+            parts = []
+            for p in topic.partition_data:
+                parts.append(self._append(topic.name, p.index, p.records, to_sync))
+            responses.append({"name": topic.name, "partition_responses": parts})
+        if body.acks != 0 and self.settings.fsync_before_ack and to_sync:
+            await asyncio.gather(*(asyncio.to_thread(p.sync) for p in to_sync))
+        if body.acks == 0:
+            return None
+        return {"responses": responses, "throttle_time_ms": 0}
+
+    def _append(
+        self, topic: str, index: int, records: Any, to_sync: set[Partition]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": index,
+            "base_offset": -1,
+            "log_append_time_ms": -1,
+            "log_start_offset": -1,
+        }
+        try:
+            part = self.topics.partition(topic, index)
+            if records is None:
+                raise BatchError("no records", 2)
+            appended = part.append(bytes(records))
+        except (TopicError, BatchError, ProducerStateError) as exc:
+            out.update(error_code=exc.code, error_message=str(exc))
+            return out
+        except OSError as exc:
+            log.error("append to %s-%d failed: %s", topic, index, exc)
+            out.update(error_code=56, error_message=f"storage error: {exc}")  # KAFKA_STORAGE_ERROR
+            return out
+        if not appended.duplicate:
+            to_sync.add(part)
+            self._wake(topic, index)
+        out.update(
+            error_code=NONE,
+            base_offset=appended.base_offset,
+            log_start_offset=appended.log_start_offset,
+        )
+        return out
+
+    def _wake(self, topic: str, index: int) -> None:
+        event = self._appended.pop((topic, index), None)
+        if event is not None:
+            event.set()
+
+    def _appended_event(self, topic: str, index: int) -> asyncio.Event:
+        return self._appended.setdefault((topic, index), asyncio.Event())
+
+    async def init_producer_id(self, req: codec.Request) -> dict[str, Any]:
+        if req.body.transactional_id is not None:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": 53,
+                "producer_id": -1,
+                "producer_epoch": -1,
+            }  # transactions: a later step
+        pid = await asyncio.to_thread(self._producer_ids.next)
+        return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid, "producer_epoch": 0}
+
+    # ---- consuming ---------------------------------------------------------------------
+
+    async def fetch(self, req: codec.Request) -> dict[str, Any]:
+        body = req.body
+        deadline = time.monotonic() + max(body.max_wait_ms, 0) / 1000
+        while True:
+            events: list[asyncio.Event] = []
+            responses, total = self._read_all(body, events)
+            if total >= max(body.min_bytes, 1) or time.monotonic() >= deadline or not events:
+                return {
+                    "throttle_time_ms": 0,
+                    "error_code": NONE,
+                    "session_id": 0,
+                    "responses": responses,
+                }
+            waits = [asyncio.ensure_future(e.wait()) for e in events]
+            try:
+                await asyncio.wait(
+                    waits, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    def _read_all(self, body: Any, events: list[asyncio.Event]) -> tuple[list[dict[str, Any]], int]:
+        budget = body.max_bytes if body.max_bytes > 0 else 1 << 31
+        total = 0
+        responses = []
+        for topic in body.topics:
+            parts = []
+            for p in topic.partitions:
+                entry: dict[str, Any] = {
+                    "partition_index": p.partition,
+                    "high_watermark": -1,
+                    "last_stable_offset": -1,
+                    "log_start_offset": -1,
+                    "aborted_transactions": None,
+                    "preferred_read_replica": -1,
+                    "records": b"",
+                }
+                try:
+                    part = self.topics.partition(topic.topic, p.partition)
+                    end = part.log_end_offset
+                    entry.update(
+                        high_watermark=end,
+                        last_stable_offset=end,
+                        log_start_offset=part.log_start_offset,
+                    )
+                    limit = min(p.partition_max_bytes, budget - total)
+                    data = part.read(p.fetch_offset, limit) if limit > 0 or not total else b""
+                    entry.update(error_code=NONE, records=data)
+                    total += len(data)
+                    if not data:
+                        events.append(self._appended_event(topic.topic, p.partition))
+                except TopicError as exc:
+                    entry["error_code"] = exc.code
+                except OffsetOutOfRange as exc:
+                    entry["error_code"] = exc.code
+                parts.append(entry)
+            responses.append({"topic": topic.topic, "partitions": parts})
+        return responses, total
+
+    async def list_offsets(self, req: codec.Request) -> dict[str, Any]:
+        topics = []
+        for t in req.body.topics:
+            parts = []
+            for p in t.partitions:
+                entry: dict[str, Any] = {
+                    "partition_index": p.partition_index,
+                    "timestamp": -1,
+                    "offset": -1,
+                    "leader_epoch": 0,
+                }
+                try:
+                    part = self.topics.partition(t.name, p.partition_index)
+                    if p.timestamp == LATEST:
+                        offset = part.log_end_offset
+                    elif p.timestamp == EARLIEST:
+                        offset = part.log_start_offset
+                    elif p.timestamp == MAX_TIMESTAMP:
+                        offset = max(part.log_end_offset - 1, part.log_start_offset)
+                    else:
+                        found = part.offset_for_time(p.timestamp)
+                        offset, stamp = (-1, -1) if found is None else found
+                        entry["timestamp"] = stamp
+                    entry.update(error_code=NONE, offset=offset)
+                except TopicError as exc:
+                    entry["error_code"] = exc.code
+                parts.append(entry)
+            topics.append({"name": t.name, "partitions": parts})
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    def close(self) -> None:
+        self.topics.close()
+
+
+class _Counter:
+    """Producer ids, handed out in blocks whose end is fsynced before any id of it is used."""
+
+    BLOCK = 1000
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._next = int(path.read_text()) if path.exists() else 0
+        self._limit = self._next
+
+    def next(self) -> int:
+        with self._lock:
+            if self._next >= self._limit:
+                self._limit = self._next + self.BLOCK
+                tmp = self._path.with_suffix(".tmp")
+                with open(tmp, "w") as f:
+                    f.write(str(self._limit))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._path)
+            pid = self._next
+            self._next += 1
+            return pid

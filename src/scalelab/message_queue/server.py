@@ -1,0 +1,120 @@
+"""The broker's network side: one asyncio task per connection, requests answered in order.
+
+Thin on purpose: bytes go through the codec, decoded requests through the broker. A client
+that sends bytes that are not Kafka, or a request the broker cannot answer, loses its own
+connection; every other connection carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from scalelab.message_queue import codec
+from scalelab.message_queue.broker import Broker
+from scalelab.message_queue.settings import MessageQueueSettings
+from scalelab.systems import Announce
+
+log = logging.getLogger(__name__)
+
+SETTINGS = MessageQueueSettings
+RETENTION_CHECK_SECONDS = 300.0
+
+
+class BrokerServer:
+    """A listening broker; `start` binds (port 0 picks one), `stop` closes everything."""
+
+    def __init__(self, settings: MessageQueueSettings) -> None:
+        self.settings = settings
+        self.broker = Broker(settings, settings.data_dir)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.settings.host, self.settings.port
+        )
+        self.broker.port = self.port  # what Metadata advertises
+        self._housekeeping = asyncio.create_task(self._retention_loop())
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        frames = codec.FrameBuffer()
+        peer = writer.get_extra_info("peername")
+        try:
+            while data := await reader.read(1 << 16):
+                for frame in frames.feed(data):
+                    out = await self._answer(frame, peer)
+                    if out is None:
+                        return
+                    if out:
+                        writer.write(out)
+                await writer.drain()
+        except codec.FrameError as exc:
+            log.info("closing %s: %s", peer, exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    async def _answer(self, frame: bytes, peer: object) -> bytes | None:
+        """The bytes to send for one frame (b"" for none), or None to close the connection."""
+        req = codec.decode_request(frame)
+        if req.error == codec.UNSUPPORTED_VERSION:
+            log.info("%s: API %d v%d is not supported", peer, req.api_key, req.api_version)
+            return codec.unsupported_version_response(req)
+        if req.error:
+            log.info("%s: undecodable API %d v%d request", peer, req.api_key, req.api_version)
+            return None
+        try:
+            response = await self.broker.handle(req)
+        except Exception:
+            log.exception("%s: API %d v%d failed", peer, req.api_key, req.api_version)
+            return None
+        return b"" if response is None else codec.encode_response(req, response)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_CHECK_SECONDS)
+            for _topic, _index, part in self.broker.topics.partitions():
+                await asyncio.to_thread(part.enforce_retention)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in [*self._connections, self._housekeeping]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.broker.close()
+
+
+async def serve(settings: MessageQueueSettings, *, demo: bool, announce: Announce) -> None:
+    """Run the broker until cancelled (the CLI's `serve message-queue`)."""
+    server = BrokerServer(settings)
+    await server.start()
+    announce(f"kafka://{settings.host}:{server.port}", {})
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
