@@ -1,0 +1,77 @@
+"""The network side: bad clients lose their own connection, everyone else carries on."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import warnings
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.message_queue.conftest import RunningBroker
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.protocol.metadata import ApiVersionsResponse
+
+
+def exchange(broker: RunningBroker, payload: bytes) -> bytes:
+    """Send raw bytes, return whatever comes back before the broker closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", broker.server.port), timeout=2) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+def still_serves(broker: RunningBroker) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    producer.send("alive", b"yes").get(timeout=10)
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=3000)
+    consumer.assign([TopicPartition("alive", 0)])
+    consumer.seek_to_beginning()
+    assert next(iter(consumer)).value == b"yes"
+    consumer.close()
+
+
+def test_unsupported_api_versions_request_gets_the_v0_answer(broker: RunningBroker) -> None:
+    frame = struct.pack(">hhi", 18, 77, 5) + struct.pack(">h", -1)
+    out = exchange(broker, struct.pack(">i", len(frame)) + frame)
+    assert struct.unpack_from(">i", out, 4)[0] == 5
+    resp = ApiVersionsResponse.decode(out[8:], version=0)
+    assert resp.error_code == 35 and {k.api_key for k in resp.api_keys} >= {0, 1, 3, 18}
+
+
+def test_impossible_frames_close_only_that_connection(broker: RunningBroker) -> None:
+    assert exchange(broker, struct.pack(">i", -5) + b"xxxx") == b""
+    assert exchange(broker, struct.pack(">i", 1 << 30)) == b""
+    assert (
+        exchange(broker, struct.pack(">i", 12) + struct.pack(">hhi", 0, 9, 1) + b"\xff" * 4) == b""
+    )
+    still_serves(broker)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.sampled_from([0, 1, 2, 3, 18, 19, 22]), st.integers(0, 12), st.binary(max_size=80))
+def test_fuzzed_requests_never_take_the_broker_down(
+    broker: RunningBroker, key: int, version: int, body: bytes
+) -> None:
+    frame = struct.pack(">hhi", key, version, 9) + body
+    exchange(broker, struct.pack(">i", len(frame)) + frame)
+    assert broker.thread.is_alive()
+
+
+def test_serves_after_the_fuzzing(broker: RunningBroker) -> None:
+    for junk in (b"\x00\x00\x00\x0a" + b"\x00" * 10, b"GET / HTTP/1.1\r\n\r\n"):
+        exchange(broker, junk)
+    still_serves(broker)
