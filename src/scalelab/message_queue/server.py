@@ -42,6 +42,7 @@ class BrokerServer:
             self._accept, self.settings.host, self.settings.port
         )
         self.broker.port = self.port  # what Metadata advertises
+        self.broker.groups.start()
         self._housekeeping = asyncio.create_task(self._retention_loop())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,103 @@
+"""Consumer groups with kafka-python: rebalancing on join and leave, committed offsets that
+survive a broker restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+from tests.message_queue.conftest import RunningBroker
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+
+class GroupMember(threading.Thread):
+    """A consumer polling in its own thread (kafka-python heartbeats from poll)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+            enable_auto_commit=False, session_timeout_ms=10000, heartbeat_interval_ms=300,
+            max_poll_interval_ms=20000, fetch_max_wait_ms=100,
+        )  # fmt: skip
+        self.values: list[bytes] = []
+        self.assigned: set[int] = set()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            batches = self.consumer.poll(timeout_ms=100)
+            for records in batches.values():
+                self.values += [r.value for r in records]
+            self.assigned = {tp.partition for tp in self.consumer.assignment()}
+        self.consumer.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(15)
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_three_consumers_share_six_partitions_and_rebalance_when_one_leaves(
+    broker: RunningBroker,
+) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic("shared", num_partitions=6, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for i in range(300):
+        producer.send("shared", key=b"%d" % i, value=b"%d" % i)
+    producer.flush()
+    members = [GroupMember(broker.bootstrap, "g1", "shared") for _ in range(3)]
+    for m in members:
+        m.start()
+    wait_until(lambda: sorted(len(m.assigned) for m in members) == [2, 2, 2])
+    assert set().union(*(m.assigned for m in members)) == set(range(6))
+    wait_until(lambda: sum(len(m.values) for m in members) >= 300)
+    members[0].stop()  # leaves the group: the other two take over its partitions
+    rest = members[1:]
+    wait_until(lambda: sorted(len(m.assigned) for m in rest) == [3, 3])
+    assert set().union(*(m.assigned for m in rest)) == set(range(6))
+    for m in rest:
+        m.stop()
+    everything = [v for m in members for v in m.values]
+    assert len(set(everything)) == 300
+
+
+def test_committed_offsets_survive_a_restart(start_broker: Callable[..., RunningBroker]) -> None:
+    first = start_broker()
+    producer = KafkaProducer(bootstrap_servers=first.bootstrap, acks="all")
+    for i in range(20):
+        producer.send("resume", value=b"%02d" % i)
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer("resume", bootstrap_servers=first.bootstrap, group_id="g2",
+                             auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    seen: list[bytes] = []
+    while len(seen) < 12:
+        for records in consumer.poll(timeout_ms=500).values():
+            seen += [r.value for r in records]
+    consumer.commit()
+    committed = consumer.position(next(iter(consumer.assignment())))
+    consumer.close()
+    data = first.server.settings.data
+    first.stop()
+    again = start_broker(data)
+    resumed = KafkaConsumer("resume", bootstrap_servers=again.bootstrap, group_id="g2",
+                            auto_offset_reset="earliest", enable_auto_commit=False,
+                            consumer_timeout_ms=3000)  # fmt: skip
+    rest = [r.value for r in resumed]
+    resumed.close()
+    assert rest == [b"%02d" % i for i in range(committed, 20)]
