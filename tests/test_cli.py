@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from click.testing import CliRunner
 
 from scalelab.cli import main
 from scalelab.systems import SYSTEMS
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaProducer
 
 
 @pytest.mark.parametrize("args", [[], ["serve"], ["up"], ["bench"], ["settings"], ["systems"]])
@@ -45,7 +50,7 @@ def test_settings_show_environment_names() -> None:
     "args,message",
     [
         (["serve", "nosuch"], "unknown system"),
-        (["serve", "message-queue"], "not implemented"),
+        (["serve", "monitoring"], "not implemented"),
         (["settings", "hotel"], "not implemented"),
         (["bench", "bogus"], "unknown system"),
     ],
@@ -103,6 +108,8 @@ def running(args: list[str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[
         "SCALELAB_DATA": str(tmp_path),
         "SCALELAB_PROXIMITY_PORT": "0",
         "SCALELAB_OBJECTSTORE_PORT": "0",
+        "SCALELAB_MESSAGE_QUEUE_PORT": "0",
+        "SCALELAB_MESSAGE_QUEUE_HTTP_PORT": "0",
         "SCALELAB_CONSOLE_PORT": "0",
         "SCALELAB_PROXIMITY_DEMO_BUSINESSES": "500",
         "COLUMNS": "200",
@@ -154,6 +161,16 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
         s3.create_bucket(Bucket="from-up")
         assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["from-up"]
         s3.close()
+        mq = re.search(r"message_queue\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        kafka = re.search(r"kafka bootstrap: (127\.0\.0\.1:\d+)", text)
+        assert mq and kafka, text
+        producer = KafkaProducer(bootstrap_servers=kafka.group(1), acks="all")
+        producer.send("from-up", b"hello").get(timeout=10)
+        producer.close()
+        assert (
+            'scalelab_mq_log_end_offset{partition="0",topic="from-up"} 1.0'
+            in httpx.get(f"{mq.group(1)}/metrics").text
+        )
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         child_pids = [int(p) for p in children.stdout.split()]
         assert child_pids

@@ -52,7 +52,7 @@ SYSTEMS: tuple[SystemInfo, ...] = (
     SystemInfo("nearby_friends", 2, "Nearby friends", "WebSocket + REST", 8082, 7, False),
     SystemInfo("maps", 3, "Google Maps", "REST + PNG tiles", 8083, 10, False),
     SystemInfo(
-        "message_queue", 4, "Distributed message queue", "Kafka wire protocol", 9092, 4, False
+        "message_queue", 4, "Distributed message queue", "Kafka wire protocol", 9092, 4, True
     ),
     SystemInfo(
         "monitoring", 5, "Metrics monitoring and alerting", "Prometheus API", 9090, 5, False

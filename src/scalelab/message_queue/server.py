@@ -11,8 +11,12 @@ import asyncio
 import contextlib
 import logging
 
+from fastapi import FastAPI
+
+from scalelab import web
 from scalelab.message_queue import codec
 from scalelab.message_queue.broker import Broker
+from scalelab.message_queue.metrics import BrokerCollector
 from scalelab.message_queue.settings import MessageQueueSettings
 from scalelab.systems import Announce
 
@@ -110,12 +114,21 @@ class BrokerServer:
         self.broker.close()
 
 
+def create_admin_app(broker: Broker) -> FastAPI:
+    """/healthz, and /metrics with every partition's offsets and every group's lag."""
+    app = web.create_app("message_queue")
+    app.state.metrics_registry.register(BrokerCollector(broker))
+    return app
+
+
 async def serve(settings: MessageQueueSettings, *, demo: bool, announce: Announce) -> None:
-    """Run the broker until cancelled (the CLI's `serve message-queue`)."""
+    """Run the broker until cancelled (the CLI's `serve message-queue`): the Kafka listener,
+    and beside it an HTTP listener for health and metrics, whose URL is announced."""
     server = BrokerServer(settings)
     await server.start()
-    announce(f"kafka://{settings.host}:{server.port}", {})
+    admin = web.HTTPServer(create_admin_app(server.broker), settings.host, settings.http_port)
+    announce(admin.url, {"kafka bootstrap": f"{settings.host}:{server.port}"})
     try:
-        await asyncio.Event().wait()
+        await admin.serve()
     finally:
         await server.stop()

@@ -12,6 +12,7 @@ class MessageQueueSettings(SystemSettings):
     system = "message_queue"
 
     port: int = setting(9092, "port of the Kafka protocol listener (0 picks a free port)")
+    http_port: int = setting(9308, "port of /healthz and /metrics (consumer lag) over HTTP")
     node_id: int = setting(0, "this broker's id in Metadata responses")
     auto_create_topics: bool = setting(True, "create unknown topics on Metadata and Produce")
     default_partitions: int = setting(1, "partitions of an auto-created topic")
