@@ -6,9 +6,11 @@ import socket
 import struct
 import warnings
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scalelab.message_queue.server import BrokerServer, DataDirInUse
 from tests.message_queue.conftest import RunningBroker
 
 with warnings.catch_warnings():
@@ -75,3 +77,8 @@ def test_serves_after_the_fuzzing(broker: RunningBroker) -> None:
     for junk in (b"\x00\x00\x00\x0a" + b"\x00" * 10, b"GET / HTTP/1.1\r\n\r\n"):
         exchange(broker, junk)
     still_serves(broker)
+
+
+def test_a_second_broker_on_the_same_data_dir_is_refused(broker: RunningBroker) -> None:
+    with pytest.raises(DataDirInUse, match="in use"):
+        BrokerServer(broker.server.settings)

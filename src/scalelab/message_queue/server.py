@@ -18,6 +18,7 @@ from scalelab.message_queue import codec
 from scalelab.message_queue.broker import Broker
 from scalelab.message_queue.metrics import BrokerCollector
 from scalelab.message_queue.settings import MessageQueueSettings
+from scalelab.storage.lock import ExclusiveUse
 from scalelab.systems import Announce
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,25 @@ SETTINGS = MessageQueueSettings
 RETENTION_CHECK_SECONDS = 300.0
 
 
+class DataDirInUse(RuntimeError):
+    pass
+
+
 class BrokerServer:
     """A listening broker; `start` binds (port 0 picks one), `stop` closes everything."""
 
     def __init__(self, settings: MessageQueueSettings) -> None:
         self.settings = settings
-        self.broker = Broker(settings, settings.data_dir)
+        self._lock = ExclusiveUse(settings.data_dir, "message_queue.lock")
+        try:
+            self._lock.__enter__()
+        except BlockingIOError:
+            raise DataDirInUse(f"{settings.data_dir} is in use by another broker") from None
+        try:
+            self.broker = Broker(settings, settings.data_dir)
+        except BaseException:
+            self._lock.__exit__()
+            raise
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
@@ -112,6 +126,7 @@ class BrokerServer:
         if self._server is not None:
             await self._server.wait_closed()
         self.broker.close()
+        self._lock.__exit__()
 
 
 def create_admin_app(broker: Broker) -> FastAPI:

@@ -23,12 +23,13 @@ def objectstore() -> None:
 def fsck(data: Path | None) -> None:
     """Verify every object's checksum and that metadata and data agree (server stopped)."""
     from scalelab.objectstore.background import fsck as check
-    from scalelab.objectstore.server import ExclusiveUse, Runtime
+    from scalelab.objectstore.server import LOCK_NAME, Runtime
     from scalelab.objectstore.settings import ObjectStoreSettings
+    from scalelab.storage.lock import ExclusiveUse
 
     settings = ObjectStoreSettings.from_env(data=data)
     try:
-        with ExclusiveUse(settings.data_dir):
+        with ExclusiveUse(settings.data_dir, LOCK_NAME):
             runtime = Runtime(settings, reclaim=False)
             try:
                 report = check(runtime.store)

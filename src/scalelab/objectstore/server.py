@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -31,8 +29,10 @@ from scalelab.objectstore.multipart import Multipart
 from scalelab.objectstore.service import ObjectStore
 from scalelab.objectstore.settings import ObjectStoreSettings
 from scalelab.storage import sql
+from scalelab.storage.lock import ExclusiveUse
 from scalelab.web import HTTPServer
 
+LOCK_NAME = "objectstore.lock"
 log = logging.getLogger("scalelab.objectstore")
 
 Announce = Callable[[str, dict[str, str]], None]
@@ -72,29 +72,6 @@ def credentials(settings: ObjectStoreSettings) -> dict[str, str]:
 
 def database_url(settings: ObjectStoreSettings) -> str:
     return settings.database_url or sql.sqlite_url(settings.data_dir / "metadata.db")
-
-
-class ExclusiveUse:
-    """An flock on the data dir: one server (or one fsck) at a time, never two."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / "objectstore.lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> ExclusiveUse:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class Runtime:
@@ -184,7 +161,7 @@ def create_app(settings: ObjectStoreSettings, *, clock: Callable[[], float] = ti
         return rt
 
     async def startup() -> None:
-        lock = ExclusiveUse(settings.data_dir)
+        lock = ExclusiveUse(settings.data_dir, LOCK_NAME)
         try:
             lock.__enter__()
         except BlockingIOError:
