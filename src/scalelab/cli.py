@@ -26,6 +26,7 @@ from rich.table import Table
 
 from scalelab import __version__, web
 from scalelab.config import DATA_ENV, SettingsError
+from scalelab.message_queue import cli as message_queue_cli
 from scalelab.objectstore import cli as objectstore_cli
 from scalelab.systems import CONSOLE_PORT, SYSTEMS, SystemInfo, lookup
 
@@ -259,3 +260,4 @@ def list_systems() -> None:
 
 
 main.add_command(objectstore_cli.objectstore)
+main.add_command(message_queue_cli.message_queue)
