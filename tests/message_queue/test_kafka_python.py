@@ -12,7 +12,7 @@ from tests.message_queue.conftest import RunningBroker
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 
 def consume(
@@ -81,3 +81,17 @@ def test_offsets_by_time_and_ends(broker: RunningBroker) -> None:
     found = consumer.offsets_for_times({tp: 1_004_500})[tp]
     assert found is not None and found.offset == 5
     consumer.close()
+
+
+def test_describe_configs_shows_topic_overrides_and_defaults(broker: RunningBroker) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic("configured", 1, 1, topic_configs={"retention.ms": "60000"})])
+    result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "configured")])
+    admin.close()
+    configs = result["topic"]["configured"]
+    assert configs["retention.ms"]["value"] == "60000"
+    assert configs["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+    # kafka-python shows only what is set on the topic; the broker also answers the defaults
+    everything = broker.server.broker._topic_configs({"retention.ms": "60000"}, None)
+    defaults = {c["name"]: c for c in everything if c["is_default"]}
+    assert defaults["segment.bytes"]["value"] == str(1 << 30) and "retention.ms" not in defaults

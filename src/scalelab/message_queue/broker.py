@@ -39,6 +39,7 @@ UNKNOWN_SERVER_ERROR = -1
 INVALID_REQUEST = 42
 CLUSTER_ID = "scalelab-mq"
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
+TOPIC_RESOURCE = 2
 
 Handler = Callable[[codec.Request], Awaitable[dict[str, Any] | None]]
 
@@ -109,6 +110,7 @@ class Broker:
             9: self.offset_fetch,
             15: self.describe_groups,
             16: self.list_groups,
+            32: self.describe_configs,
         }
 
     async def handle(self, req: codec.Request) -> Any | None:
@@ -589,6 +591,61 @@ class Broker:
                 }
             )
         return {"throttle_time_ms": 0, "error_code": NONE, "groups": rows}
+
+    async def describe_configs(self, req: codec.Request) -> dict[str, Any]:
+        """The topic configs the broker applies (segment.*, retention.*, cleanup.policy):
+        set on the topic (source 1) or the broker's default (source 5)."""
+        results = []
+        for res in req.body.resources:
+            entry: dict[str, Any] = {
+                "resource_type": res.resource_type,
+                "resource_name": res.resource_name,
+                "error_code": NONE,
+                "error_message": None,
+                "configs": [],
+            }
+            if res.resource_type == TOPIC_RESOURCE:
+                topic = self.topics.topics.get(res.resource_name)
+                if topic is None:
+                    entry.update(
+                        error_code=UNKNOWN_TOPIC_OR_PARTITION,
+                        error_message=f"unknown topic {res.resource_name!r}",
+                    )
+                else:
+                    entry["configs"] = self._topic_configs(topic.configs, res.configuration_keys)
+            results.append(entry)
+        return {"throttle_time_ms": 0, "results": results}
+
+    def _topic_configs(
+        self, overrides: dict[str, str], keys: list[str] | None
+    ) -> list[dict[str, Any]]:
+        d = self.topics.defaults
+        defaults = {
+            "segment.bytes": (d.segment_bytes, 3),
+            "segment.ms": (d.segment_ms, 5),
+            "retention.ms": (d.retention_ms, 5),
+            "retention.bytes": (d.retention_bytes, 5),
+            "cleanup.policy": (d.cleanup_policy, 7),
+        }
+        out = []
+        for name, (default, kind) in defaults.items():
+            if keys and name not in keys:
+                continue
+            is_set = name in overrides
+            out.append(
+                {
+                    "name": name,
+                    "value": str(overrides.get(name, default)),
+                    "read_only": False,
+                    "config_source": 1 if is_set else 5,
+                    "is_default": not is_set,
+                    "is_sensitive": False,
+                    "synonyms": [],
+                    "config_type": kind,
+                    "documentation": None,
+                }
+            )
+        return out
 
     def close(self) -> None:
         self.groups.stop()
