@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 from scalelab.message_queue import codec
 from scalelab.message_queue.batch import BatchError
 from scalelab.message_queue.coordinator import GroupCoordinator
+from scalelab.message_queue.files import replace_durably
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
 from scalelab.message_queue.producer_state import ProducerStateError
 from scalelab.message_queue.settings import MessageQueueSettings
@@ -667,12 +667,7 @@ class _Counter:
         with self._lock:
             if self._next >= self._limit:
                 self._limit = self._next + self.BLOCK
-                tmp = self._path.with_suffix(".tmp")
-                with open(tmp, "w") as f:
-                    f.write(str(self._limit))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self._path)
+                replace_durably(self._path, str(self._limit))
             pid = self._next
             self._next += 1
             return pid

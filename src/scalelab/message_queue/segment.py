@@ -33,6 +33,7 @@ from scalelab.message_queue.batch import (
     BatchHeader,
     record_timestamps,
 )
+from scalelab.message_queue.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Segment:
         seg.fd = os.open(seg.log_path, flags, 0o644)
         seg._index_fd = os.open(seg.index_path, flags, 0o644)
         seg._time_fd = os.open(seg.time_path, flags, 0o644)
-        _fsync_dir(directory)  # the new names survive a power loss
+        fsync_dir(directory)  # the new names survive a power loss
         return seg
 
     @classmethod
@@ -298,11 +299,3 @@ class Segment:
         self.close()
         for path in (self.log_path, self.index_path, self.time_path):
             path.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

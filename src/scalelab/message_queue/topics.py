@@ -8,13 +8,13 @@ lays them out). Topic names follow Kafka's rules.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scalelab.message_queue.files import replace_durably
 from scalelab.message_queue.partition import LogConfig, Partition
 
 __all__ = ["Topic", "TopicError", "TopicStore"]
@@ -121,18 +121,8 @@ class TopicStore:
         return [(t, i, p) for (t, i), p in self._partitions.items()]
 
     def _save(self) -> None:
-        tmp = self._path.with_suffix(".tmp")
         data = json.dumps({"topics": [asdict(t) for t in self.topics.values()]}, indent=1)
-        with open(tmp, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        replace_durably(self._path, data)
 
     def close(self) -> None:
         with self._lock:
