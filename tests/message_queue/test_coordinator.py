@@ -75,3 +75,24 @@ def test_static_member_keeps_its_place_and_a_stale_twin_is_fenced() -> None:
         g.stop()
 
     asyncio.run(main())
+
+
+def test_a_long_rebalance_does_not_expire_the_members_that_waited_in_it() -> None:
+    async def main() -> None:
+        g = c.GroupCoordinator()
+        g.start()
+        a = await joined(g, session_ms=1000)
+        await g.sync("grp", a.generation, a.member_id, {a.member_id: b"x"})
+        b_join = asyncio.create_task(joined(g, session_ms=1000))
+        for _ in range(5):  # a heartbeats but rejoins late: b waits longer than its session
+            await asyncio.sleep(0.3)
+            assert g.heartbeat("grp", a.generation, a.member_id) == c.REBALANCE_IN_PROGRESS
+        a2 = await join(g, a.member_id, session_ms=1000)
+        b = await asyncio.wait_for(b_join, 5)
+        assert a2.error == 0 and b.error == 0
+        await asyncio.sleep(0.3)  # the reaper runs: b's session started again at the join
+        group = g.describe("grp")
+        assert group is not None and set(group.members) == {a.member_id, b.member_id}
+        g.stop()
+
+    asyncio.run(main())

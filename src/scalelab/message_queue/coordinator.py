@@ -17,12 +17,15 @@ asyncio only: a join or sync waits on a future until the rebalance completes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["GroupCoordinator", "JoinResult"]
+
+log = logging.getLogger(__name__)
 
 NONE = 0
 ILLEGAL_GENERATION = 22
@@ -200,6 +203,9 @@ class GroupCoordinator:
         if group.leader not in group.members:
             group.leader = next(iter(group.members))
         group.state = COMPLETING
+        now = time.monotonic()
+        for m in group.members.values():  # parked in JoinGroup: alive; their session restarts
+            m.last_seen = now
         roster = [
             (m.member_id, m.instance_id, m.metadata_for(group.protocol_name))
             for m in group.members.values()
@@ -239,7 +245,9 @@ class GroupCoordinator:
             for m in group.members.values():
                 m.assignment = assignments.get(m.member_id, b"")
             group.state = STABLE
+            now = time.monotonic()
             for m in group.members.values():
+                m.last_seen = now
                 if m.syncing is not None and not m.syncing.done():
                     m.syncing.set_result((NONE, m.assignment))
         return await future
@@ -317,6 +325,12 @@ class GroupCoordinator:
                     if _waiting(m.joining) and group.state == PREPARING:
                         continue  # a parked join counts as alive until the rebalance ends
                     if now - m.last_seen > m.session_timeout_ms / 1000:
+                        log.info(
+                            "group %s: member %s missed its session (%d ms); removed",
+                            group.group_id,
+                            member_id,
+                            m.session_timeout_ms,
+                        )
                         self._remove(group, member_id)
                         self._rebalance_after_change(group)
 
