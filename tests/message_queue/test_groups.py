@@ -1,8 +1,10 @@
-"""Consumer groups with kafka-python: rebalancing on join and leave, committed offsets that
-survive a broker restart."""
+"""Consumer groups with kafka-python: rebalancing on join, leave and a killed member, committed
+offsets that survive a broker restart."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -101,3 +103,86 @@ def test_committed_offsets_survive_a_restart(start_broker: Callable[..., Running
     rest = [r.value for r in resumed]
     resumed.close()
     assert rest == [b"%02d" % i for i in range(committed, 20)]
+
+
+MEMBER_PROCESS = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from kafka import KafkaConsumer
+bootstrap, group, topic = sys.argv[1:]
+consumer = KafkaConsumer(
+    topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+    enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=500,
+    max_poll_interval_ms=20000, fetch_max_wait_ms=100,
+)
+reported = None
+while True:
+    batches = consumer.poll(timeout_ms=100)
+    for records in batches.values():
+        for r in records:
+            print("record", r.value.decode(), flush=True)
+    if batches:
+        consumer.commit()
+    assigned = sorted(tp.partition for tp in consumer.assignment())
+    if assigned != reported:
+        print("assigned", *assigned, flush=True)
+        reported = assigned
+"""
+
+
+class MemberProcess:
+    """A group member in a child process of its own (so it can be SIGKILLed), reporting its
+    assignment and the records it consumed as lines on stdout."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", MEMBER_PROCESS, bootstrap, group, topic],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.assigned: set[int] = set()
+        self.values: set[str] = set()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, *rest = line.split()
+            if kind == "assigned":
+                self.assigned = {int(p) for p in rest}
+            elif kind == "record":
+                self.values.add(rest[0])
+
+    def kill(self) -> None:
+        self.proc.kill()  # SIGKILL: no LeaveGroup, no last commit; only its session can end it
+        self.proc.wait(30)
+        self.reader.join(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def test_survivors_take_over_every_partition_when_a_member_is_killed(
+    broker: RunningBroker,
+) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic("crashy", num_partitions=6, replication_factor=1)])
+    admin.close()
+    members: list[MemberProcess] = []
+    try:
+        members += [MemberProcess(broker.bootstrap, "g3", "crashy") for _ in range(3)]
+        wait_until(lambda: sorted(len(m.assigned) for m in members) == [2, 2, 2])
+        assert set().union(*(m.assigned for m in members)) == set(range(6))
+        victim, rest = members[0], members[1:]
+        victim.kill()
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        after = {f"after-{i}" for i in range(120)}
+        for value in sorted(after):  # keyed: every partition gets some, the victim's included
+            producer.send("crashy", key=value.encode(), value=value.encode())
+        producer.flush()
+        producer.close()
+        wait_until(lambda: sorted(len(m.assigned) for m in rest) == [3, 3])
+        assert set().union(*(m.assigned for m in rest)) == set(range(6))
+        wait_until(lambda: after <= rest[0].values | rest[1].values)
+    finally:
+        for m in members:
+            m.kill()
