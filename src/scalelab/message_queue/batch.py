@@ -33,7 +33,15 @@ from dataclasses import dataclass
 
 from awscrt.checksums import crc32c
 
-__all__ = ["HEADER_SIZE", "BatchError", "BatchHeader", "rewrite_base_offset", "split"]
+__all__ = [
+    "HEADER_SIZE",
+    "BatchError",
+    "BatchHeader",
+    "control_batch",
+    "control_type",
+    "rewrite_base_offset",
+    "split",
+]
 
 HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
@@ -210,3 +218,77 @@ def make_batch(
     )
     length = 4 + 1 + 4 + len(body)  # leader epoch, magic, crc, then the CRC'd part
     return struct.pack(">qiibI", base_offset, length, leader_epoch, 2, crc32c(body)) + body
+
+
+# -- control batches (transaction markers) ---------------------------------------------------
+#
+# A control batch holds one record whose key is (version int16 = 0, type int16: 0 abort,
+# 1 commit) and whose value is (version int16 = 0, coordinator epoch int32). The record uses
+# v2's record layout: length, attributes int8, timestamp delta, offset delta, key length, key,
+# value length, value, header count; every number but the attributes a zigzag varint.
+
+ABORT, COMMIT = 0, 1
+_CONTROL_KEY = struct.Struct(">hh")
+_CONTROL_VALUE = struct.Struct(">hi")
+
+
+def _zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        byte = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_zigzag(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """(value, next position) of the zigzag varint at pos."""
+    z = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise BatchError("truncated or overlong varint in a control record", CORRUPT_MESSAGE)
+        byte = buf[pos]
+        pos += 1
+        z |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+
+
+def control_batch(
+    producer_id: int, producer_epoch: int, kind: int, coordinator_epoch: int, timestamp: int
+) -> bytes:
+    """A transaction marker: a control batch of one COMMIT or ABORT record."""
+    key = _CONTROL_KEY.pack(0, kind)
+    value = _CONTROL_VALUE.pack(0, coordinator_epoch)
+    body = (
+        b"\x00" + _zigzag(0) + _zigzag(0)
+        + _zigzag(len(key)) + key + _zigzag(len(value)) + value + _zigzag(0)
+    )  # fmt: skip
+    return make_batch(
+        _zigzag(len(body)) + body,
+        1,
+        attributes=TRANSACTIONAL | CONTROL,
+        base_timestamp=timestamp,
+        max_timestamp=timestamp,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+    )
+
+
+def control_type(batch: bytes | memoryview) -> int:
+    """ABORT or COMMIT, from a control batch's first record's key."""
+    pos = HEADER_SIZE
+    _, pos = _read_zigzag(batch, pos)  # record length
+    pos += 1  # attributes
+    _, pos = _read_zigzag(batch, pos)  # timestamp delta
+    _, pos = _read_zigzag(batch, pos)  # offset delta
+    key_len, pos = _read_zigzag(batch, pos)
+    if key_len < _CONTROL_KEY.size or pos + key_len > len(batch):
+        raise BatchError(f"control record key of {key_len} bytes", CORRUPT_MESSAGE)
+    _version, kind = _CONTROL_KEY.unpack_from(batch, pos)
+    return int(kind)

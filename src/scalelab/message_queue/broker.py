@@ -17,20 +17,28 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from scalelab.message_queue import codec
-from scalelab.message_queue.batch import BatchError
+from scalelab.message_queue.batch import BatchError, BatchHeader
 from scalelab.message_queue.coordinator import GroupCoordinator
 from scalelab.message_queue.files import replace_durably
+from scalelab.message_queue.flush import Flusher
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
 from scalelab.message_queue.producer_state import ProducerStateError
 from scalelab.message_queue.settings import MessageQueueSettings
 from scalelab.message_queue.state_storage import TOPIC as OFFSETS_TOPIC
-from scalelab.message_queue.state_storage import OffsetStore
+from scalelab.message_queue.state_storage import KeyedLog, OffsetStore
 from scalelab.message_queue.topics import UNKNOWN_TOPIC_OR_PARTITION, TopicError, TopicStore
+from scalelab.message_queue.transactions import (
+    INVALID_PRODUCER_EPOCH,
+    PRODUCER_FENCED,
+    TransactionCoordinator,
+    TxnError,
+)
+from scalelab.message_queue.transactions import TOPIC as TXN_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,9 @@ INVALID_REQUEST = 42
 CLUSTER_ID = "scalelab-mq"
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 TOPIC_RESOURCE = 2
+OPERATION_NOT_ATTEMPTED = 55
+READ_COMMITTED = 1
+TXN_EXPIRY_CHECK_SECONDS = 1.0
 
 Handler = Callable[[codec.Request], Awaitable[dict[str, Any] | None]]
 
@@ -84,13 +95,27 @@ class Broker:
             retention_bytes=settings.retention_bytes,
         )
         self.topics = TopicStore(directory / "topics", defaults)
-        if OFFSETS_TOPIC not in self.topics.topics:
-            self.topics.create(OFFSETS_TOPIC, 1, {"cleanup.policy": "compact"})
+        for internal in (OFFSETS_TOPIC, TXN_TOPIC):
+            if internal not in self.topics.topics:
+                self.topics.create(internal, 1, {"cleanup.policy": "compact"})
         self.offsets = OffsetStore(
             self.topics.partition(OFFSETS_TOPIC, 0), sync=settings.fsync_before_ack
         )
         self.groups = GroupCoordinator()
         self._producer_ids = _Counter(directory / "producer_id")
+        self.txns = TransactionCoordinator(
+            KeyedLog(self.topics.partition(TXN_TOPIC, 0), sync=settings.fsync_before_ack),
+            new_producer_id=self._producer_ids.next,
+            write_markers=self._write_markers,
+            commit_offsets=self.offsets.commit,
+        )
+        self.txns.recover()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._txn_expiry: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self.flusher = Flusher(
+            settings.fsync_before_ack, settings.flush_interval_messages, settings.flush_interval_ms
+        )
         self._appended: dict[tuple[str, int], asyncio.Event] = {}
         self.handlers: dict[int, Handler] = {
             18: self.api_versions,
@@ -101,6 +126,10 @@ class Broker:
             19: self.create_topics,
             20: self.delete_topics,
             22: self.init_producer_id,
+            24: self.add_partitions_to_txn,
+            25: self.add_offsets_to_txn,
+            26: self.end_txn,
+            28: self.txn_offset_commit,
             10: self.find_coordinator,
             11: self.join_group,
             14: self.sync_group,
@@ -229,7 +258,7 @@ class Broker:
     async def produce(self, req: codec.Request) -> dict[str, Any] | None:
         body = req.body
         responses = []
-        to_sync: set[Partition] = set()
+        to_sync: dict[Partition, int] = {}
         for topic in body.topic_data:
             if not self._auto_create(topic.name):
                 responses.append(
@@ -250,14 +279,14 @@ class Broker:
             for p in topic.partition_data:
                 parts.append(self._append(topic.name, p.index, p.records, to_sync))
             responses.append({"name": topic.name, "partition_responses": parts})
-        if body.acks != 0 and self.settings.fsync_before_ack and to_sync:
-            await asyncio.gather(*(asyncio.to_thread(p.sync) for p in to_sync))
+        if to_sync:
+            await self.flusher.appended(to_sync, acked=body.acks != 0)
         if body.acks == 0:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
 
     def _append(
-        self, topic: str, index: int, records: Any, to_sync: set[Partition]
+        self, topic: str, index: int, records: Any, to_sync: dict[Partition, int]
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "index": index,
@@ -269,6 +298,14 @@ class Broker:
             part = self.topics.partition(topic, index)
             if records is None:
                 raise BatchError("no records", 2)
+            first = BatchHeader.parse(records)
+            if first.transactional:
+                error = self.txns.check_produce(
+                    first.producer_id, first.producer_epoch, topic, index
+                )
+                if error != NONE:
+                    out.update(error_code=error, error_message="not in an open transaction")
+                    return out
             appended = part.append(bytes(records))
         except (TopicError, BatchError, ProducerStateError) as exc:
             out.update(error_code=exc.code, error_message=str(exc))
@@ -278,7 +315,8 @@ class Broker:
             out.update(error_code=56, error_message=f"storage error: {exc}")  # KAFKA_STORAGE_ERROR
             return out
         if not appended.duplicate:
-            to_sync.add(part)
+            count = appended.last_offset - appended.base_offset + 1
+            to_sync[part] = to_sync.get(part, 0) + count
             self._wake(topic, index)
         out.update(
             error_code=NONE,
@@ -296,15 +334,127 @@ class Broker:
         return self._appended.setdefault((topic, index), asyncio.Event())
 
     async def init_producer_id(self, req: codec.Request) -> dict[str, Any]:
-        if req.body.transactional_id is not None:
-            return {
-                "throttle_time_ms": 0,
-                "error_code": 53,
-                "producer_id": -1,
-                "producer_epoch": -1,
-            }  # transactions: a later step
-        pid = await asyncio.to_thread(self._producer_ids.next)
-        return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid, "producer_epoch": 0}
+        b = req.body
+        if b.transactional_id is None:
+            pid = await asyncio.to_thread(self._producer_ids.next)
+            return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid,
+                    "producer_epoch": 0}  # fmt: skip
+        try:
+            pid, epoch = await asyncio.to_thread(
+                self.txns.init_producer_id, b.transactional_id, b.transaction_timeout_ms,
+                getattr(b, "producer_id", -1), getattr(b, "producer_epoch", -1),
+            )  # fmt: skip
+        except TxnError as exc:
+            code = _fenced_code(exc.code, req.api_version, 3)
+            return {"throttle_time_ms": 0, "error_code": code, "producer_id": -1,
+                    "producer_epoch": -1}  # fmt: skip
+        return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid,
+                "producer_epoch": epoch}  # fmt: skip
+
+    # ---- transactions (transactions.py) ------------------------------------------------------
+
+    def _write_markers(
+        self, producer_id: int, epoch: int, kind: int, partitions: Iterable[tuple[str, int]]
+    ) -> None:
+        """COMMIT or ABORT markers, durable before the coordinator records completion."""
+        for topic, index in partitions:
+            try:
+                part = self.topics.partition(topic, index)
+            except TopicError:
+                continue  # deleted meanwhile: nothing left to mark
+            if part.append_marker(producer_id, epoch, kind) is not None:
+                part.sync()
+                if self._loop is not None:  # consumers long-polling for the marker
+                    self._loop.call_soon_threadsafe(self._wake, topic, index)
+
+    async def add_partitions_to_txn(self, req: codec.Request) -> dict[str, Any]:
+        b = req.body
+        wanted = {(t.name, p) for t in b.v3_and_below_topics for p in t.partitions}
+        unknown = {(t, p) for t, p in wanted if not self._exists(t, p)}
+        code = NONE
+        if not unknown:
+            try:
+                await asyncio.to_thread(
+                    self.txns.add_partitions, b.v3_and_below_transactional_id,
+                    b.v3_and_below_producer_id, b.v3_and_below_producer_epoch, wanted,
+                )  # fmt: skip
+            except TxnError as exc:
+                code = _fenced_code(exc.code, req.api_version, 2)
+        by_topic: dict[str, list[dict[str, int]]] = {}
+        for t, p in sorted(wanted):
+            error = code
+            if unknown:
+                error = UNKNOWN_TOPIC_OR_PARTITION if (t, p) in unknown else OPERATION_NOT_ATTEMPTED
+            by_topic.setdefault(t, []).append(
+                {"partition_index": p, "partition_error_code": error}
+            )
+        return {
+            "throttle_time_ms": 0,
+            "results_by_topic_v3_and_below": [
+                {"name": t, "results_by_partition": rows} for t, rows in by_topic.items()
+            ],
+        }
+
+    def _exists(self, topic: str, index: int) -> bool:
+        try:
+            self.topics.partition(topic, index)
+        except TopicError:
+            return False
+        return True
+
+    async def add_offsets_to_txn(self, req: codec.Request) -> dict[str, Any]:
+        b = req.body
+        code = await self._txn_call(
+            req, 2, self.txns.add_offsets, b.transactional_id, b.producer_id, b.producer_epoch,
+            b.group_id,
+        )  # fmt: skip
+        return {"throttle_time_ms": 0, "error_code": code}
+
+    async def end_txn(self, req: codec.Request) -> dict[str, Any]:
+        b = req.body
+        code = await self._txn_call(
+            req, 2, self.txns.end_txn, b.transactional_id, b.producer_id, b.producer_epoch,
+            b.committed,
+        )  # fmt: skip
+        return {"throttle_time_ms": 0, "error_code": code}
+
+    async def txn_offset_commit(self, req: codec.Request) -> dict[str, Any]:
+        b = req.body
+        code = NONE
+        if getattr(b, "generation_id", -1) >= 0:  # v3: the consumer must still be a member
+            code = self.groups.check_generation(b.group_id, b.generation_id, b.member_id or "")
+        if code == NONE:
+            offsets = {
+                (t.name, p.partition_index): (p.committed_offset, p.committed_metadata)
+                for t in b.topics
+                for p in t.partitions
+            }
+            code = await self._txn_call(
+                req, 3, self.txns.txn_offset_commit, b.transactional_id, b.producer_id,
+                b.producer_epoch, b.group_id, offsets,
+            )  # fmt: skip
+        return {
+            "throttle_time_ms": 0,
+            "topics": [
+                {
+                    "name": t.name,
+                    "partitions": [
+                        {"partition_index": p.partition_index, "error_code": code}
+                        for p in t.partitions
+                    ],
+                }
+                for t in b.topics
+            ],
+        }
+
+    async def _txn_call(
+        self, req: codec.Request, fenced_from: int, call: Callable[..., None], *args: Any
+    ) -> int:
+        try:
+            await asyncio.to_thread(call, *args)
+        except TxnError as exc:
+            return _fenced_code(exc.code, req.api_version, fenced_from)
+        return NONE
 
     # ---- consuming ---------------------------------------------------------------------
 
@@ -332,6 +482,7 @@ class Broker:
 
     def _read_all(self, body: Any, events: list[asyncio.Event]) -> tuple[list[dict[str, Any]], int]:
         budget = body.max_bytes if body.max_bytes > 0 else 1 << 31
+        committed_only = getattr(body, "isolation_level", 0) == READ_COMMITTED
         total = 0
         responses = []
         for topic in body.topics:
@@ -348,14 +499,22 @@ class Broker:
                 }
                 try:
                     part = self.topics.partition(topic.topic, p.partition)
-                    end = part.log_end_offset
+                    end, stable = part.log_end_offset, part.last_stable_offset
                     entry.update(
                         high_watermark=end,
-                        last_stable_offset=end,
+                        last_stable_offset=stable,
                         log_start_offset=part.log_start_offset,
                     )
                     limit = min(p.partition_max_bytes, budget - total)
-                    data = part.read(p.fetch_offset, limit) if limit > 0 or not total else b""
+                    upto = stable if committed_only else None
+                    data = b""
+                    if limit > 0 or not total:
+                        data = part.read(p.fetch_offset, limit, upto_offset=upto)
+                    if committed_only and data:
+                        entry["aborted_transactions"] = [
+                            {"producer_id": a.producer_id, "first_offset": a.first_offset}
+                            for a in part.aborted_between(p.fetch_offset, stable)
+                        ]
                     entry.update(error_code=NONE, records=data)
                     total += len(data)
                     if not data:
@@ -369,6 +528,7 @@ class Broker:
         return responses, total
 
     async def list_offsets(self, req: codec.Request) -> dict[str, Any]:
+        committed_only = getattr(req.body, "isolation_level", 0) == READ_COMMITTED
         topics = []
         for t in req.body.topics:
             parts = []
@@ -381,7 +541,9 @@ class Broker:
                 }
                 try:
                     part = self.topics.partition(t.name, p.partition_index)
-                    if p.timestamp == LATEST:
+                    if p.timestamp == LATEST and committed_only:
+                        offset = part.last_stable_offset
+                    elif p.timestamp == LATEST:
                         offset = part.log_end_offset
                     elif p.timestamp == EARLIEST:
                         offset = part.log_start_offset
@@ -626,6 +788,8 @@ class Broker:
             "retention.ms": (d.retention_ms, 5),
             "retention.bytes": (d.retention_bytes, 5),
             "cleanup.policy": (d.cleanup_policy, 7),
+            "delete.retention.ms": (d.delete_retention_ms, 5),
+            "min.cleanable.dirty.ratio": (d.min_cleanable_dirty_ratio, 6),
         }
         out = []
         for name, (default, kind) in defaults.items():
@@ -647,8 +811,28 @@ class Broker:
             )
         return out
 
+    def start(self) -> None:
+        """Start the broker's timers (on the running event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self.groups.start()
+        self._txn_expiry = asyncio.create_task(self._expire_transactions())
+        self._flushing = asyncio.create_task(
+            self.flusher.run(lambda: [p for _, _, p in self.topics.partitions()])
+        )
+
+    async def _expire_transactions(self) -> None:
+        while True:
+            await asyncio.sleep(TXN_EXPIRY_CHECK_SECONDS)
+            try:
+                await asyncio.to_thread(self.txns.expire)
+            except Exception:  # a disk error writing markers: logged, retried next tick
+                log.exception("transaction expiry failed")
+
     def close(self) -> None:
         self.groups.stop()
+        for task in (self._txn_expiry, self._flushing):
+            if task is not None:
+                task.cancel()
         self.topics.close()
 
 
@@ -671,3 +855,10 @@ class _Counter:
             pid = self._next
             self._next += 1
             return pid
+
+
+def _fenced_code(code: int, version: int, fenced_from: int) -> int:
+    """PRODUCER_FENCED (KIP-588) only for versions that know it; INVALID_PRODUCER_EPOCH before."""
+    if code == PRODUCER_FENCED and version < fenced_from:
+        return INVALID_PRODUCER_EPOCH
+    return code

@@ -155,6 +155,14 @@ class Request:
     error: int = 0
 
 
+PRODUCE = ProduceRequest.API_KEY
+
+
+def api_key_of(frame: bytes) -> int:
+    """The API key of a framed request, without decoding it (-1 if the frame is too short)."""
+    return int.from_bytes(frame[:2], "big", signed=True) if len(frame) >= 2 else -1
+
+
 def decode_request(frame: bytes) -> Request:
     """A request from one frame. Never raises for bad content: the error goes in `error`, so
     the server can answer it and keep the connection."""

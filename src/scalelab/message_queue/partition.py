@@ -22,7 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from scalelab.message_queue.batch import BatchError, rewrite_base_offset, split
+from scalelab.message_queue.batch import (
+    INVALID_RECORD,
+    BatchError,
+    BatchHeader,
+    control_batch,
+    control_type,
+    rewrite_base_offset,
+    split,
+)
+from scalelab.message_queue.cleaner import recover_interrupted
 from scalelab.message_queue.producer_state import (
     OUT_OF_ORDER_SEQUENCE_NUMBER,
     Duplicate,
@@ -30,6 +39,7 @@ from scalelab.message_queue.producer_state import (
     ProducerStates,
 )
 from scalelab.message_queue.segment import Segment
+from scalelab.message_queue.txn_index import AbortedTxn, TxnIndex
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +55,9 @@ class LogConfig:
     segment_ms: int = 7 * 24 * 3600 * 1000  # segment.ms
     retention_ms: int = 14 * 24 * 3600 * 1000  # retention.ms: the book's two weeks
     retention_bytes: int = -1  # retention.bytes; -1: no size limit
-    cleanup_policy: str = "delete"  # cleanup.policy: delete | compact
+    cleanup_policy: str = "delete"  # cleanup.policy: delete | compact | compact,delete
+    delete_retention_ms: int = 24 * 3600 * 1000  # delete.retention.ms: tombstones kept
+    min_cleanable_dirty_ratio: float = 0.5  # min.cleanable.dirty.ratio
 
 
 class OffsetOutOfRange(Exception):
@@ -76,6 +88,7 @@ class Partition:
         self.clock = clock
         self._lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(self.directory)  # a compaction swap a crash cut short
         bases = sorted(
             int(m[1]) for n in self.directory.iterdir() if (m := _LOG_NAME.match(n.name))
         )
@@ -86,9 +99,15 @@ class Partition:
         if not self._segments:
             self._segments.append(Segment.create(self.directory, 0, clock()))
         self.producers = ProducerStates()
-        for seg in self._segments:  # headers only: the records are never decoded
-            for header in seg.headers():
+        self.txns = TxnIndex()
+        for seg in self._segments:  # headers only, and the key of each transaction marker
+            for pos, header in seg.headers():
                 self.producers.observe(header)
+                if header.control:
+                    kind = control_type(seg.read_batch(pos, header))
+                    self.txns.on_marker(header.producer_id, kind, header.base_offset)
+                else:
+                    self.txns.on_batch(header, header.base_offset)
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -100,6 +119,17 @@ class Partition:
     def log_end_offset(self) -> int:
         """The next offset to be assigned (Kafka's LEO; the high watermark on one node)."""
         return self._segments[-1].next_offset
+
+    @property
+    def last_stable_offset(self) -> int:
+        """Where read_committed consumers stop: the first offset of the oldest open
+        transaction, or the log end."""
+        with self._lock:
+            return self.txns.last_stable_offset(self.log_end_offset)
+
+    def aborted_between(self, start: int, end: int) -> list[AbortedTxn]:
+        with self._lock:
+            return self.txns.aborted_between(start, end)
 
     @property
     def size_bytes(self) -> int:
@@ -121,6 +151,8 @@ class Partition:
         batches = list(split(records))  # BatchError before anything is written
         if not batches:
             raise BatchError("empty record set", 2)
+        if any(header.control for header, _ in batches):
+            raise BatchError("control batches are written by the broker only", INVALID_RECORD)
         with self._lock:
             offset = self.log_end_offset
             states = self.producers.clone() if len(batches) > 1 else self.producers
@@ -147,11 +179,34 @@ class Partition:
                 self.active.append(
                     rewrite_base_offset(view, base), replace(header, base_offset=base)
                 )
+                self.txns.on_batch(header, base)
             if states is self.producers:  # remembered only once written
                 states.record(batches[0][0], first)
             else:
                 self.producers = states
             return Appended(first, offset - 1, self.log_start_offset)
+
+    def append_marker(
+        self, producer_id: int, producer_epoch: int, kind: int, coordinator_epoch: int = 0
+    ) -> int | None:
+        """End producer_id's open transaction here with a COMMIT or ABORT marker; its offset,
+        or None when the producer has no open transaction in this partition (a marker written
+        again after a coordinator restart, or a partition the transaction never wrote to)."""
+        with self._lock:
+            if not self.txns.is_open(producer_id):
+                return None
+            raw = control_batch(
+                producer_id, producer_epoch, kind, coordinator_epoch, int(self.clock() * 1000)
+            )
+            header = BatchHeader.parse(raw)
+            offset = self.log_end_offset
+            self._maybe_roll(header.size)
+            self.active.append(
+                rewrite_base_offset(raw, offset), replace(header, base_offset=offset)
+            )
+            self.txns.on_marker(producer_id, kind, offset)
+            self.producers.record(header, offset)
+            return offset
 
     def _maybe_roll(self, incoming: int) -> None:
         seg = self.active
@@ -220,6 +275,8 @@ class Partition:
     def enforce_retention(self) -> int:
         """Delete whole read-only segments past retention.ms or beyond retention.bytes;
         returns how many were deleted. The active segment is never deleted."""
+        if "delete" not in self.config.cleanup_policy:
+            return 0  # compact only: the log cleaner decides what goes (Kafka's rule)
         now_ms = self.clock() * 1000
         deleted = 0
         with self._lock:
@@ -240,8 +297,32 @@ class Partition:
                 seg.delete()
                 deleted += 1
         if deleted:
+            with self._lock:
+                self.txns.forget_before(self.log_start_offset)
             log.info("%s: deleted %d segments (retention)", self.directory.name, deleted)
         return deleted
+
+    def replace_segments(
+        self, old: list[Segment], new: Segment, swap_files: Callable[[], None]
+    ) -> bool:
+        """Put new (the log cleaner's copy) in place of the consecutive read-only segments
+        old, running swap_files (its renames) under the lock so no roll, retention or close
+        interleaves; False, with nothing done, if old are no longer listed as they were. The
+        old segments close once the last read that listed them lets go."""
+        with self._lock:
+            i = next((i for i, s in enumerate(self._segments) if s is old[0]), -1)
+            listed = self._segments[i : i + len(old)] if i >= 0 else []
+            if (
+                len(listed) != len(old)
+                or i + len(old) >= len(self._segments)  # never the active segment
+                or any(a is not b or a.fd < 0 for a, b in zip(listed, old, strict=True))
+            ):
+                return False
+            swap_files()
+            self._segments[i : i + len(old)] = [new]
+        for seg in old:
+            seg.close_when_unreferenced()
+        return True
 
     def close(self) -> None:
         with self._lock:

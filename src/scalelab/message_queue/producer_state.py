@@ -103,10 +103,15 @@ class ProducerStates:
             )
 
     def record(self, header: BatchHeader, base_offset: int) -> None:
-        """Remember a batch that was appended at base_offset."""
-        if header.producer_id < 0 or header.control:
+        """Remember a batch that was appended at base_offset. A transaction marker carries the
+        coordinator's epoch for the producer: a newer one fences the older epoch here too."""
+        if header.producer_id < 0:
             return
         known = self._producers.get(header.producer_id)
+        if header.control:
+            if known is not None and header.producer_epoch > known.epoch:
+                self._producers[header.producer_id] = _Producer(header.producer_epoch)
+            return
         if known is None or header.producer_epoch > known.epoch:
             known = self._producers[header.producer_id] = _Producer(header.producer_epoch)
         known.batches.append(

@@ -22,6 +22,7 @@ import bisect
 import logging
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,12 @@ INDEX_INTERVAL_BYTES = 4096
 
 def file_name(base_offset: int, suffix: str) -> str:
     return f"{base_offset:020d}{suffix}"
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 @dataclass
@@ -107,6 +114,34 @@ class Segment:
             seg._scan_tail_metadata()
         seg.synced = seg.size
         return seg
+
+    @classmethod
+    def from_file(cls, directory: Path, base_offset: int, log_path: Path, suffix: str) -> Segment:
+        """A finished read-only segment from a whole, fsynced log file (the log cleaner's
+        output): every batch header is scanned and both indexes rebuilt into `.index<suffix>`
+        and `.timeindex<suffix>`, fsynced, so they can be renamed into place beside the log."""
+        seg = cls(directory, base_offset, next_offset=base_offset, readonly=True)
+        seg.fd = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
+        seg.created = os.fstat(seg.fd).st_mtime
+        seg.size = os.fstat(seg.fd).st_size
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        seg._index_fd = os.open(str(seg.index_path) + suffix, flags, 0o644)
+        seg._time_fd = os.open(str(seg.time_path) + suffix, flags, 0o644)
+        for pos, header in seg.headers():
+            if not seg._positions or seg._since_index >= INDEX_INTERVAL_BYTES:
+                seg._add_index(header.base_offset - base_offset, pos)
+            seg._add_time(header)
+            seg._since_index += header.size
+            seg.next_offset = header.last_offset + 1
+        seg.synced = seg.size
+        os.fsync(seg._index_fd)
+        os.fsync(seg._time_fd)
+        return seg
+
+    def close_when_unreferenced(self) -> None:
+        """For a segment just unlisted (replaced by a compacted copy): its files stay open
+        until the last reader holding it lets go, so a read that listed it still succeeds."""
+        weakref.finalize(self, _close_fds, self.fd, self._index_fd, self._time_fd)
 
     def _load_indexes(self, mode: int) -> None:
         for path, entry, keys, values, attr in (
@@ -243,13 +278,17 @@ class Segment:
             pos += header.size
         return None
 
-    def headers(self) -> Iterator[BatchHeader]:
-        """Every batch header, in order (rebuilding producer state on open)."""
+    def headers(self) -> Iterator[tuple[int, BatchHeader]]:
+        """Every batch's position and header, in order (rebuilding producer and transaction
+        state on open)."""
         pos = 0
         while pos + HEADER_SIZE <= self.size:
             header = BatchHeader.parse(os.pread(self.fd, HEADER_SIZE, pos))
-            yield header
+            yield pos, header
             pos += header.size
+
+    def read_batch(self, position: int, header: BatchHeader) -> bytes:
+        return os.pread(self.fd, header.size, position)
 
     def read(self, position: int, max_bytes: int, upto: int | None = None) -> bytes:
         """Whole batches from position, at least one, then as many as fit in max_bytes;

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from scalelab import web
 from scalelab.message_queue import codec
 from scalelab.message_queue.broker import Broker
+from scalelab.message_queue.cleaner import LogCleaner
 from scalelab.message_queue.metrics import BrokerCollector
 from scalelab.message_queue.settings import MessageQueueSettings
 from scalelab.storage.lock import ExclusiveUse
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SETTINGS = MessageQueueSettings
 RETENTION_CHECK_SECONDS = 300.0
+MAX_IN_FLIGHT = 64  # requests read ahead of their answers on one connection
+SEND_TIMEOUT_SECONDS = 30.0  # for answers still owed when a client stops sending
 
 
 class DataDirInUse(RuntimeError):
@@ -49,6 +52,7 @@ class BrokerServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._cleaning: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -60,8 +64,9 @@ class BrokerServer:
             self._accept, self.settings.host, self.settings.port
         )
         self.broker.port = self.port  # what Metadata advertises
-        self.broker.groups.start()
+        self.broker.start()
         self._housekeeping = asyncio.create_task(self._retention_loop())
+        self._cleaning = asyncio.create_task(self._cleaner_loop())
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -69,6 +74,8 @@ class BrokerServer:
         self._connections.add(task)
         try:
             await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the broker is stopping: this connection ends here, quietly
         finally:
             self._connections.discard(task)
             writer.close()
@@ -78,21 +85,69 @@ class BrokerServer:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """Read requests and answer them in order. Produce requests are pipelined: each one
+        appends as soon as it arrives (handlers append before their first await, and tasks
+        start in the order they are created), and its wait for the fsync overlaps the next
+        one's append, so a producer with several requests in flight shares fsyncs (flush.py).
+        Any other request first waits until the handlers before it have finished, so it sees
+        their effects, as with Kafka's one request at a time per connection."""
         frames = codec.FrameBuffer()
         peer = writer.get_extra_info("peername")
+        answers: asyncio.Queue[asyncio.Task[bytes | None]] = asyncio.Queue(MAX_IN_FLIGHT)
+        closing = asyncio.Event()
+        sender = asyncio.create_task(self._send_in_order(answers, writer, closing))
         try:
-            while data := await reader.read(1 << 16):
+            while not closing.is_set() and (data := await reader.read(1 << 16)):
                 for frame in frames.feed(data):
-                    out = await self._answer(frame, peer)
-                    if out is None:
-                        return
-                    if out:
-                        writer.write(out)
-                await writer.drain()
+                    if closing.is_set():
+                        break
+                    if codec.api_key_of(frame) != codec.PRODUCE:
+                        await answers.join()
+                    await answers.put(asyncio.create_task(self._answer(frame, peer)))
         except codec.FrameError as exc:
             log.info("closing %s: %s", peer, exc)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        finally:
+            try:
+                task = asyncio.current_task()
+                if task is None or not task.cancelling():  # answered requests still go out
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(answers.join(), SEND_TIMEOUT_SECONDS)
+            finally:
+                queued = [sender]  # cancelling the sender cancels the answer it awaits
+                while not answers.empty():
+                    queued.append(answers.get_nowait())
+                for t in queued:
+                    t.cancel()
+                await asyncio.gather(*queued, return_exceptions=True)
+
+    @staticmethod
+    async def _send_in_order(
+        answers: asyncio.Queue[asyncio.Task[bytes | None]],
+        writer: asyncio.StreamWriter,
+        closing: asyncio.Event,
+    ) -> None:
+        """Write each answer when it is ready, in request order; after an answer that closes
+        the connection, drop the rest."""
+        while True:
+            task = await answers.get()
+            try:
+                if closing.is_set():
+                    task.cancel()
+                    continue
+                out = await task
+                if out is None:
+                    closing.set()
+                    writer.transport.close()  # the reader sees the end and stops
+                elif out:
+                    writer.write(out)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                closing.set()
+                writer.transport.close()
+            finally:
+                answers.task_done()
 
     async def _answer(self, frame: bytes, peer: object) -> bytes | None:
         """The bytes to send for one frame (b"" for none), or None to close the connection."""
@@ -116,10 +171,22 @@ class BrokerServer:
             for _topic, _index, part in self.broker.topics.partitions():
                 await asyncio.to_thread(part.enforce_retention)
 
+    async def _cleaner_loop(self) -> None:
+        """Compaction of `cleanup.policy=compact` topics (cleaner.py), one partition at a time
+        in a worker thread, as Kafka's single cleaner thread does."""
+        cleaner = LogCleaner()
+        while True:
+            await asyncio.sleep(self.settings.cleaner_interval_seconds)
+            for topic, index, part in self.broker.topics.partitions():
+                try:
+                    await asyncio.to_thread(cleaner.run, part)
+                except Exception:  # one partition's failure must not stop the others' cleaning
+                    log.exception("log cleaner failed on %s-%d", topic, index)
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in [*self._connections, self._housekeeping]:
+        for task in [*self._connections, self._housekeeping, self._cleaning]:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)

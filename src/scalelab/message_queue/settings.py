@@ -19,6 +19,15 @@ class MessageQueueSettings(SystemSettings):
     segment_bytes: int = setting(1 << 30, "size at which a partition rolls to a new segment")
     retention_hours: float = setting(336.0, "age after which whole segments are deleted")
     retention_bytes: int = setting(-1, "per-partition size beyond which old segments go (-1: none)")
+    cleaner_interval_seconds: float = setting(
+        15.0, "how often compacted topics are checked for a log cleaner pass"
+    )
     fsync_before_ack: bool = setting(
         True, "acks=1/all answer only after the partition's log is fsynced (group commit)"
+    )
+    flush_interval_messages: int = setting(
+        -1, "without fsync_before_ack: fsync a partition every N records (-1: never)"
+    )
+    flush_interval_ms: int = setting(
+        1000, "without fsync_before_ack: fsync unsynced partitions this often (-1: never)"
     )

@@ -13,15 +13,16 @@ import json
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 
-from scalelab.message_queue.batch import BatchHeader, split
+from scalelab.message_queue.cleaner import stored_batches
 from scalelab.message_queue.partition import Partition
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-__all__ = ["OffsetStore"]
+__all__ = ["KeyedLog", "OffsetStore"]
 
 TOPIC = "__consumer_offsets"
 _KEY_VERSION = 1
@@ -38,53 +39,73 @@ def _decode_key(raw: bytes) -> _Key | None:
     return (group, topic, int(partition)) if version == _KEY_VERSION else None
 
 
-class OffsetStore:
-    """Committed offsets in memory, every change appended (and synced) to the log first."""
+class KeyedLog:
+    """Key/value records in an internal topic's partition, where the last record per key wins
+    (a compacted topic's semantics) and a null value deletes the key. The consumer offsets and
+    the transaction coordinator's state both live in one."""
 
     def __init__(self, partition: Partition, sync: bool = True) -> None:
         self.partition = partition
         self.sync = sync
         self._lock = threading.Lock()
-        self.offsets: dict[_Key, tuple[int, str | None]] = {}
-        self._replay()
 
-    def _replay(self) -> None:
+    def replay(self) -> Iterator[tuple[bytes, bytes | None]]:
+        """Every record from the start, in log order."""
         offset = self.partition.log_start_offset
         while offset < self.partition.log_end_offset:
             data = self.partition.read(offset, 1 << 20)
             if not data:
                 break
-            for header, view in split(data):
-                self._apply(header, bytes(view))
+            for header, view in stored_batches(data):  # compacted batches too
                 offset = header.last_offset + 1
+                if header.control:
+                    continue
+                for record in DefaultRecordBatch(bytes(view)):
+                    if record.key is not None:
+                        yield record.key, record.value
 
-    def _apply(self, header: BatchHeader, raw: bytes) -> None:
-        if header.control:
-            return
-        for record in DefaultRecordBatch(raw):
-            key = _decode_key(record.key)
-            if key is None:
-                continue
-            if record.value is None:
-                self.offsets.pop(key, None)
-            else:
-                value = json.loads(record.value)
-                self.offsets[key] = (int(value["offset"]), value.get("metadata"))
-
-    def commit(self, group: str, entries: dict[tuple[str, int], tuple[int, str | None]]) -> None:
-        """Store several partitions' offsets for a group: one batch, durable on return."""
-        if not entries:
+    def append(self, items: list[tuple[bytes, bytes | None]]) -> None:
+        """Append records as one batch: durable on return when `sync`."""
+        if not items:
             return
         builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 30)
         now = int(time.time() * 1000)
-        for i, ((topic, part), (offset, meta)) in enumerate(entries.items()):
-            value = json.dumps({"offset": offset, "metadata": meta}).encode()
-            builder.append(i, timestamp=now, key=_encode_key((group, topic, part)),
-                           value=value, headers=[])  # fmt: skip
+        for i, (key, value) in enumerate(items):
+            builder.append(i, timestamp=now, key=key, value=value, headers=[])
         with self._lock:
             self.partition.append(bytes(builder.build()))
             if self.sync:
                 self.partition.sync()
+
+
+class OffsetStore:
+    """Committed offsets in memory, every change appended (and synced) to the log first."""
+
+    def __init__(self, partition: Partition, sync: bool = True) -> None:
+        self.log = KeyedLog(partition, sync)
+        self._lock = threading.Lock()
+        self.offsets: dict[_Key, tuple[int, str | None]] = {}
+        for raw_key, raw_value in self.log.replay():
+            key = _decode_key(raw_key)
+            if key is None:
+                continue
+            if raw_value is None:
+                self.offsets.pop(key, None)
+            else:
+                value = json.loads(raw_value)
+                self.offsets[key] = (int(value["offset"]), value.get("metadata"))
+
+    def commit(self, group: str, entries: dict[tuple[str, int], tuple[int, str | None]]) -> None:
+        """Store several partitions' offsets for a group: one batch, durable on return."""
+        items: list[tuple[bytes, bytes | None]] = [
+            (
+                _encode_key((group, topic, part)),
+                json.dumps({"offset": offset, "metadata": meta}).encode(),
+            )
+            for (topic, part), (offset, meta) in entries.items()
+        ]
+        with self._lock:
+            self.log.append(items)
             for (topic, part), committed in entries.items():
                 self.offsets[(group, topic, part)] = committed
 

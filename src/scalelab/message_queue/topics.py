@@ -75,6 +75,10 @@ class TopicStore:
             retention_ms=int(c.get("retention.ms", d.retention_ms)),
             retention_bytes=int(c.get("retention.bytes", d.retention_bytes)),
             cleanup_policy=c.get("cleanup.policy", d.cleanup_policy),
+            delete_retention_ms=int(c.get("delete.retention.ms", d.delete_retention_ms)),
+            min_cleanable_dirty_ratio=float(
+                c.get("min.cleanable.dirty.ratio", d.min_cleanable_dirty_ratio)
+            ),
         )
 
     def _open(self, topic: Topic, index: int) -> Partition:
