@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.message_queue import codec
-from scalelab.message_queue.batch import BatchError, BatchHeader
+from scalelab.message_queue.batch import BatchError, BatchHeader, require_keys
 from scalelab.message_queue.coordinator import GroupCoordinator
+from scalelab.message_queue.delayed import CONFIG as DELAYED_CONFIG
+from scalelab.message_queue.delayed import DelayedDelivery
 from scalelab.message_queue.files import replace_durably
 from scalelab.message_queue.flush import Flusher
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
@@ -117,6 +119,12 @@ class Broker:
             settings.fsync_before_ack, settings.flush_interval_messages, settings.flush_interval_ms
         )
         self._appended: dict[tuple[str, int], asyncio.Event] = {}
+        self.delayed = DelayedDelivery(
+            self.topics,
+            sync=settings.fsync_before_ack,
+            tick_ms=settings.delayed_tick_ms,
+            wake=self._wake,
+        )
         self.handlers: dict[int, Handler] = {
             18: self.api_versions,
             3: self.metadata,
@@ -294,6 +302,8 @@ class Broker:
             "log_append_time_ms": -1,
             "log_start_offset": -1,
         }
+        if (parked := self.delayed.intercept(topic, index, records, to_sync)) is not None:
+            return parked
         try:
             part = self.topics.partition(topic, index)
             if records is None:
@@ -306,6 +316,8 @@ class Broker:
                 if error != NONE:
                     out.update(error_code=error, error_message="not in an open transaction")
                     return out
+            if "compact" in part.config.cleanup_policy:
+                require_keys(records)
             appended = part.append(bytes(records))
         except (TopicError, BatchError, ProducerStateError) as exc:
             out.update(error_code=exc.code, error_message=str(exc))
@@ -385,9 +397,7 @@ class Broker:
             error = code
             if unknown:
                 error = UNKNOWN_TOPIC_OR_PARTITION if (t, p) in unknown else OPERATION_NOT_ATTEMPTED
-            by_topic.setdefault(t, []).append(
-                {"partition_index": p, "partition_error_code": error}
-            )
+            by_topic.setdefault(t, []).append({"partition_index": p, "partition_error_code": error})
         return {
             "throttle_time_ms": 0,
             "results_by_topic_v3_and_below": [
@@ -790,6 +800,7 @@ class Broker:
             "cleanup.policy": (d.cleanup_policy, 7),
             "delete.retention.ms": (d.delete_retention_ms, 5),
             "min.cleanable.dirty.ratio": (d.min_cleanable_dirty_ratio, 6),
+            DELAYED_CONFIG: ("false", 1),  # BOOLEAN (delayed.py)
         }
         out = []
         for name, (default, kind) in defaults.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -65,6 +66,7 @@ class BrokerServer:
         )
         self.broker.port = self.port  # what Metadata advertises
         self.broker.start()
+        self.broker.delayed.start()
         self._housekeeping = asyncio.create_task(self._retention_loop())
         self._cleaning = asyncio.create_task(self._cleaner_loop())
 
@@ -115,7 +117,7 @@ class BrokerServer:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(answers.join(), SEND_TIMEOUT_SECONDS)
             finally:
-                queued = [sender]  # cancelling the sender cancels the answer it awaits
+                queued: list[asyncio.Task[Any]] = [sender]  # its cancel reaches its answer
                 while not answers.empty():
                     queued.append(answers.get_nowait())
                 for t in queued:
@@ -192,6 +194,7 @@ class BrokerServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        await self.broker.delayed.stop()
         self.broker.close()
         self._lock.__exit__()
 

@@ -22,6 +22,7 @@ class MessageQueueSettings(SystemSettings):
     cleaner_interval_seconds: float = setting(
         15.0, "how often compacted topics are checked for a log cleaner pass"
     )
+    delayed_tick_ms: int = setting(20, "tick of the timing wheel that publishes delayed records")
     fsync_before_ack: bool = setting(
         True, "acks=1/all answer only after the partition's log is fsynced (group commit)"
     )
