@@ -37,6 +37,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+    from kafka.errors import InvalidRecordError
     from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 DAY_MS = 24 * 3600 * 1000
@@ -402,6 +403,18 @@ def test_kafka_python_reads_only_the_last_value_per_key(start_broker: Any) -> No
     assert sorted(updates) == sorted((k, v) for k, v in last.items() if v is not None)
     assert len(seen) == len(updates) + 4
     assert confluent_reads(broker.bootstrap, "table", end) == seen
+
+
+def test_keyless_records_are_refused_on_a_compacted_topic(broker: RunningBroker) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic("keyed-only", 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", retries=0)
+    producer.send("keyed-only", key=b"k", value=b"kept").get(timeout=30)
+    with pytest.raises(InvalidRecordError):
+        producer.send("keyed-only", value=b"no key").get(timeout=30)
+    producer.close()
+    assert broker.server.broker.topics.partition("keyed-only", 0).log_end_offset == 1
 
 
 def confluent_reads(bootstrap: str, topic: str, end: int) -> list[tuple[bytes, bytes | None]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import pytest
+from awscrt.checksums import crc32c
 from click.testing import CliRunner
 
 from scalelab.cli import main
@@ -28,3 +31,19 @@ def test_dump_segment_lists_batches_and_flags_a_torn_tail(tmp_path: Path) -> Non
         f.write(b"\x00" * 30)
     torn = CliRunner().invoke(main, ["message-queue", "dump-segment", str(path)])
     assert torn.exit_code == 1 and '"invalid"' in torn.output.splitlines()[-1]
+
+
+def test_dump_segment_accepts_compacted_batches(tmp_path: Path) -> None:
+    """After compaction a batch keeps its offset range but holds fewer records (or none)."""
+
+    raw = bytearray(b.make_batch(b"r" * 10, 2))
+    struct.pack_into(">i", raw, 23, 4)  # five offsets, two records left
+    struct.pack_into(">I", raw, 17, crc32c(bytes(raw[21:])))
+    path = tmp_path / "00000000000000000000.log"
+    path.write_bytes(bytes(raw))
+    result = CliRunner().invoke(main, ["message-queue", "dump-segment", str(path)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    assert (row["last_offset"], row["records"], row["crc"]) == (4, 2, "ok")
+    with pytest.raises(b.BatchError):  # a producer may not send such a batch
+        b.BatchHeader.parse(raw).check(raw)

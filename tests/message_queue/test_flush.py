@@ -113,3 +113,22 @@ def test_pipelined_requests_are_answered_in_order(broker: RunningBroker) -> None
     assert ids == list(range(21))
     part = broker.server.broker.topics.partition("piped", 0)
     assert part.log_end_offset == 20
+
+
+def test_a_finished_fsync_not_yet_collected_is_not_awaited_forever(tmp_path: Path) -> None:
+    """An fsync that finished before its waiter resumed (its callbacks not run yet) covered
+    less than the waiter needs: a new one starts, rather than re-awaiting the finished one
+    in a loop that never yields (the bench once hung the broker that way)."""
+
+    async def main() -> int:
+        part = Partition(tmp_path / "p")
+        group = GroupSync(part)
+        stale: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        stale.set_result(0)  # covered an empty log
+        group._running = stale
+        part.append(b.make_batch(b"a", 1))
+        await asyncio.wait_for(group.sync(), 10)
+        part.close()
+        return group.durable
+
+    assert asyncio.run(main()) == 1

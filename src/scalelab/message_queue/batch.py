@@ -120,8 +120,10 @@ class BatchHeader:
     def idempotent(self) -> bool:
         return self.producer_id >= 0
 
-    def check(self, batch: bytes | memoryview) -> None:
-        """Everything a broker must verify before it appends: magic, sizes, CRC, counts."""
+    def check(self, batch: bytes | memoryview, *, stored: bool = False) -> None:
+        """Everything a broker must verify before it appends: magic, sizes, CRC, counts. A
+        batch read back from a log (`stored`) may hold fewer records than its offset range
+        (log compaction removes records, never offsets), or none."""
         if self.magic != 2:
             raise BatchError(
                 f"record batch magic {self.magic}: only v2 batches are stored",
@@ -141,7 +143,14 @@ class BatchHeader:
                 f"record batch CRC {self.crc:#010x} does not match its contents ({actual:#010x})",
                 CORRUPT_MESSAGE,
             )
-        if self.record_count <= 0 or self.last_offset_delta != self.record_count - 1:
+        if stored:
+            if not 0 <= self.record_count <= self.last_offset_delta + 1:
+                raise BatchError(
+                    f"record batch holds {self.record_count} records in "
+                    f"{self.last_offset_delta + 1} offsets",
+                    INVALID_RECORD,
+                )
+        elif self.record_count <= 0 or self.last_offset_delta != self.record_count - 1:
             raise BatchError(
                 f"record batch says {self.record_count} records but last offset delta "
                 f"{self.last_offset_delta}",
@@ -179,6 +188,26 @@ def record_timestamps(batch: bytes) -> Iterator[tuple[int, int]]:
 
     for record in DefaultRecordBatch(batch):
         yield record.offset, record.timestamp
+
+
+def require_keys(records: bytes | memoryview) -> None:
+    """Kafka refuses keyless records on a compacted topic (compaction keeps the last record
+    per key, so a record without one could never be kept or replaced). Decodes the records:
+    only compacted topics pay for it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kafka.record.default_records import DefaultRecordBatch
+
+    for header, view in split(records):
+        if header.control:
+            continue
+        for record in DefaultRecordBatch(bytes(view)):
+            if record.key is None:
+                raise BatchError(
+                    f"record at offset delta {record.offset} has no key: a compacted topic "
+                    "needs one on every record",
+                    INVALID_RECORD,
+                )
 
 
 def rewrite_base_offset(batch: bytes | memoryview, base_offset: int) -> bytearray:

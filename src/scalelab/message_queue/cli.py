@@ -39,7 +39,7 @@ def dump_segment(path: Path) -> None:
                 if header.length < HEADER_SIZE - 12 or pos + header.size > size:
                     raise BatchError(f"batch of {header.size} bytes runs past the end", 2)
                 f.seek(pos)
-                header.check(f.read(header.size))
+                header.check(f.read(header.size), stored=True)
                 crc = "ok"
             except BatchError as exc:
                 click.echo(json.dumps({"position": pos, "invalid": str(exc),

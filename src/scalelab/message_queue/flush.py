@@ -43,14 +43,18 @@ class GroupSync:
         """Return once everything appended before the call is durable."""
         target = self.partition.log_end_offset
         while self.durable < target:
-            if self._running is None:
-                self._running = asyncio.ensure_future(asyncio.to_thread(self.partition.sync))
-                self._running.add_done_callback(self._finished)
-            self.durable = max(self.durable, await asyncio.shield(self._running))
-
-    def _finished(self, future: asyncio.Future[int]) -> None:
-        if self._running is future:
-            self._running = None
+            running = self._running
+            if running is not None and running.done():  # finished, not yet folded in
+                self._running = None
+                if not running.cancelled() and running.exception() is None:
+                    self.durable = max(self.durable, running.result())
+                continue  # a failed one is tried again; a second failure raises below
+            if running is None:
+                running = asyncio.ensure_future(asyncio.to_thread(self.partition.sync))
+                self._running = running
+            # a fresh fsync cannot finish before this await (it runs in a thread), so the
+            # loop always yields to the event loop
+            self.durable = max(self.durable, await asyncio.shield(running))
 
     @property
     def dirty(self) -> bool:

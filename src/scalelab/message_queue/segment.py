@@ -335,6 +335,8 @@ class Segment:
         self.fd = self._index_fd = self._time_fd = -1
 
     def delete(self) -> None:
-        self.close()
+        """Remove the files of a segment retention just unlisted; a read that listed it before
+        keeps its open files until it lets go (unlinked files stay readable)."""
         for path in (self.log_path, self.index_path, self.time_path):
             path.unlink(missing_ok=True)
+        self.close_when_unreferenced()
