@@ -220,3 +220,21 @@ def test_nats_parser_survives_any_split(cuts: list[int]) -> None:
     assert bytes(transport.sent) == b"PONG\r\n"
     assert conn.error == "-ERR 'Slow Consumer'"
     assert conn.buf == bytearray()
+
+
+def test_paired_fractions_take_the_raw_write_measured_just_before() -> None:
+    phase = {"MB_per_s": 300.0, "raw_disk_just_before": {"write_MB_per_s": 250.0},
+             "fraction_of_raw_write_just_before": 1.2}  # fmt: skip
+    results = {
+        "scalelab": {"sizes": {"1KiB": {"produce_batched": phase}, "100B": {"error": "x"}}},
+        "nats": {"sizes": {"1KiB": {"produce": {"MB_per_s": 50.0}}}},
+    }
+    assert mq.paired_fractions(results) == {
+        "scalelab": {
+            "produce_batched_1KiB": {
+                "MB_per_s": 300.0,
+                "raw_write_MB_per_s": 250.0,
+                "fraction": 1.2,
+            }  # fmt: skip
+        }
+    }

@@ -6,7 +6,7 @@ version the client asked, so a handler writes every field once and the schema de
 ones a version carries. The book's broker components map here: the partitions (the WAL) are
 in `TopicStore`, the producer side is `produce` (acks and the durability policy), the consumer
 side is `fetch` (the pull model with long polling), and the metadata storage is `metadata`.
-Consumer groups and transactions come in their own modules.
+The consumer-group and transaction APIs are in group_api.py and txn_api.py.
 """
 
 from __future__ import annotations
@@ -28,29 +28,25 @@ from scalelab.message_queue.delayed import CONFIG as DELAYED_CONFIG
 from scalelab.message_queue.delayed import DelayedDelivery
 from scalelab.message_queue.files import replace_durably
 from scalelab.message_queue.flush import Flusher
+from scalelab.message_queue.group_api import GroupAPI
 from scalelab.message_queue.partition import LogConfig, OffsetOutOfRange, Partition
 from scalelab.message_queue.producer_state import ProducerStateError
 from scalelab.message_queue.settings import MessageQueueSettings
 from scalelab.message_queue.state_storage import TOPIC as OFFSETS_TOPIC
 from scalelab.message_queue.state_storage import KeyedLog, OffsetStore
 from scalelab.message_queue.topics import UNKNOWN_TOPIC_OR_PARTITION, TopicError, TopicStore
-from scalelab.message_queue.transactions import (
-    INVALID_PRODUCER_EPOCH,
-    PRODUCER_FENCED,
-    TransactionCoordinator,
-    TxnError,
-)
 from scalelab.message_queue.transactions import TOPIC as TXN_TOPIC
+from scalelab.message_queue.transactions import (
+    TransactionCoordinator,
+)
+from scalelab.message_queue.txn_api import TransactionAPI
 
 log = logging.getLogger(__name__)
 
 NONE = 0
-UNKNOWN_SERVER_ERROR = -1
-INVALID_REQUEST = 42
 CLUSTER_ID = "scalelab-mq"
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 TOPIC_RESOURCE = 2
-OPERATION_NOT_ATTEMPTED = 55
 READ_COMMITTED = 1
 TXN_EXPIRY_CHECK_SECONDS = 1.0
 
@@ -133,21 +129,12 @@ class Broker:
             2: self.list_offsets,
             19: self.create_topics,
             20: self.delete_topics,
-            22: self.init_producer_id,
-            24: self.add_partitions_to_txn,
-            25: self.add_offsets_to_txn,
-            26: self.end_txn,
-            28: self.txn_offset_commit,
             10: self.find_coordinator,
-            11: self.join_group,
-            14: self.sync_group,
-            12: self.heartbeat,
-            13: self.leave_group,
-            8: self.offset_commit,
-            9: self.offset_fetch,
-            15: self.describe_groups,
-            16: self.list_groups,
             32: self.describe_configs,
+            **GroupAPI(self.groups, self.offsets).handlers(),
+            **TransactionAPI(
+                self.txns, self.topics, self.groups, self._producer_ids.next
+            ).handlers(),
         }
 
     async def handle(self, req: codec.Request) -> Any | None:
@@ -345,25 +332,7 @@ class Broker:
     def _appended_event(self, topic: str, index: int) -> asyncio.Event:
         return self._appended.setdefault((topic, index), asyncio.Event())
 
-    async def init_producer_id(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        if b.transactional_id is None:
-            pid = await asyncio.to_thread(self._producer_ids.next)
-            return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid,
-                    "producer_epoch": 0}  # fmt: skip
-        try:
-            pid, epoch = await asyncio.to_thread(
-                self.txns.init_producer_id, b.transactional_id, b.transaction_timeout_ms,
-                getattr(b, "producer_id", -1), getattr(b, "producer_epoch", -1),
-            )  # fmt: skip
-        except TxnError as exc:
-            code = _fenced_code(exc.code, req.api_version, 3)
-            return {"throttle_time_ms": 0, "error_code": code, "producer_id": -1,
-                    "producer_epoch": -1}  # fmt: skip
-        return {"throttle_time_ms": 0, "error_code": NONE, "producer_id": pid,
-                "producer_epoch": epoch}  # fmt: skip
-
-    # ---- transactions (transactions.py) ------------------------------------------------------
+    # ---- transactions: the coordinator's markers ---------------------------------------
 
     def _write_markers(
         self, producer_id: int, epoch: int, kind: int, partitions: Iterable[tuple[str, int]]
@@ -378,93 +347,6 @@ class Broker:
                 part.sync()
                 if self._loop is not None:  # consumers long-polling for the marker
                     self._loop.call_soon_threadsafe(self._wake, topic, index)
-
-    async def add_partitions_to_txn(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        wanted = {(t.name, p) for t in b.v3_and_below_topics for p in t.partitions}
-        unknown = {(t, p) for t, p in wanted if not self._exists(t, p)}
-        code = NONE
-        if not unknown:
-            try:
-                await asyncio.to_thread(
-                    self.txns.add_partitions, b.v3_and_below_transactional_id,
-                    b.v3_and_below_producer_id, b.v3_and_below_producer_epoch, wanted,
-                )  # fmt: skip
-            except TxnError as exc:
-                code = _fenced_code(exc.code, req.api_version, 2)
-        by_topic: dict[str, list[dict[str, int]]] = {}
-        for t, p in sorted(wanted):
-            error = code
-            if unknown:
-                error = UNKNOWN_TOPIC_OR_PARTITION if (t, p) in unknown else OPERATION_NOT_ATTEMPTED
-            by_topic.setdefault(t, []).append({"partition_index": p, "partition_error_code": error})
-        return {
-            "throttle_time_ms": 0,
-            "results_by_topic_v3_and_below": [
-                {"name": t, "results_by_partition": rows} for t, rows in by_topic.items()
-            ],
-        }
-
-    def _exists(self, topic: str, index: int) -> bool:
-        try:
-            self.topics.partition(topic, index)
-        except TopicError:
-            return False
-        return True
-
-    async def add_offsets_to_txn(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        code = await self._txn_call(
-            req, 2, self.txns.add_offsets, b.transactional_id, b.producer_id, b.producer_epoch,
-            b.group_id,
-        )  # fmt: skip
-        return {"throttle_time_ms": 0, "error_code": code}
-
-    async def end_txn(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        code = await self._txn_call(
-            req, 2, self.txns.end_txn, b.transactional_id, b.producer_id, b.producer_epoch,
-            b.committed,
-        )  # fmt: skip
-        return {"throttle_time_ms": 0, "error_code": code}
-
-    async def txn_offset_commit(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        code = NONE
-        if getattr(b, "generation_id", -1) >= 0:  # v3: the consumer must still be a member
-            code = self.groups.check_generation(b.group_id, b.generation_id, b.member_id or "")
-        if code == NONE:
-            offsets = {
-                (t.name, p.partition_index): (p.committed_offset, p.committed_metadata)
-                for t in b.topics
-                for p in t.partitions
-            }
-            code = await self._txn_call(
-                req, 3, self.txns.txn_offset_commit, b.transactional_id, b.producer_id,
-                b.producer_epoch, b.group_id, offsets,
-            )  # fmt: skip
-        return {
-            "throttle_time_ms": 0,
-            "topics": [
-                {
-                    "name": t.name,
-                    "partitions": [
-                        {"partition_index": p.partition_index, "error_code": code}
-                        for p in t.partitions
-                    ],
-                }
-                for t in b.topics
-            ],
-        }
-
-    async def _txn_call(
-        self, req: codec.Request, fenced_from: int, call: Callable[..., None], *args: Any
-    ) -> int:
-        try:
-            await asyncio.to_thread(call, *args)
-        except TxnError as exc:
-            return _fenced_code(exc.code, req.api_version, fenced_from)
-        return NONE
 
     # ---- consuming ---------------------------------------------------------------------
 
@@ -570,7 +452,7 @@ class Broker:
             topics.append({"name": t.name, "partitions": parts})
         return {"throttle_time_ms": 0, "topics": topics}
 
-    # ---- consumer groups (coordinator.py) and their offsets (state_storage.py) -------------
+    # ---- consumer groups: where the coordinator is (group_api.py has the rest) -------------
 
     async def find_coordinator(self, req: codec.Request) -> dict[str, Any]:
         me = {"node_id": self.node_id, "host": self.host, "port": self.port}
@@ -584,185 +466,6 @@ class Broker:
                 {"key": k, **me, "error_code": NONE, "error_message": None} for k in keys
             ],
         }
-
-    async def join_group(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        result = await self.groups.join(
-            b.group_id,
-            b.member_id,
-            getattr(b, "group_instance_id", None),
-            b.protocol_type,
-            [(p.name, bytes(p.metadata)) for p in b.protocols],
-            b.session_timeout_ms,
-            getattr(b, "rebalance_timeout_ms", -1),
-            req.client_id or "",
-            require_known_member_id=req.api_version >= 4,
-        )
-        return {
-            "throttle_time_ms": 0,
-            "error_code": result.error,
-            "generation_id": result.generation,
-            "protocol_type": result.protocol_type,
-            "protocol_name": result.protocol_name or "",
-            "leader": result.leader,
-            "member_id": result.member_id,
-            "members": [
-                {"member_id": m, "group_instance_id": i, "metadata": meta}
-                for m, i, meta in result.members
-            ],
-        }
-
-    async def sync_group(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        assignments = {a.member_id: bytes(a.assignment) for a in b.assignments or []}
-        error, assignment = await self.groups.sync(
-            b.group_id, b.generation_id, b.member_id, assignments
-        )
-        group = self.groups.describe(b.group_id)
-        return {
-            "throttle_time_ms": 0,
-            "error_code": error,
-            "assignment": assignment,
-            "protocol_type": group.protocol_type if group else None,
-            "protocol_name": group.protocol_name if group else None,
-        }
-
-    async def heartbeat(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        error = self.groups.heartbeat(b.group_id, b.generation_id, b.member_id)
-        return {"throttle_time_ms": 0, "error_code": error}
-
-    async def leave_group(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        if req.api_version >= 3:
-            who = [(m.member_id, m.group_instance_id) for m in b.members]
-        else:
-            who = [(b.member_id, None)]
-        errors = self.groups.leave(b.group_id, who)
-        top = errors[0] if req.api_version < 3 else NONE
-        return {
-            "throttle_time_ms": 0,
-            "error_code": top,
-            "members": [
-                {"member_id": m, "group_instance_id": i, "error_code": e}
-                for (m, i), e in zip(who, errors, strict=True)
-            ],
-        }
-
-    async def offset_commit(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        generation = getattr(b, "generation_id_or_member_epoch", -1)
-        error = self.groups.check_generation(b.group_id, generation, b.member_id or "")
-        entries: dict[tuple[str, int], tuple[int, str | None]] = {}
-        if error == NONE:
-            for t in b.topics:
-                for p in t.partitions:
-                    entries[(t.name, p.partition_index)] = (
-                        p.committed_offset,
-                        p.committed_metadata,
-                    )
-            await asyncio.to_thread(self.offsets.commit, b.group_id, entries)
-        return {
-            "throttle_time_ms": 0,
-            "topics": [
-                {
-                    "name": t.name,
-                    "partitions": [
-                        {"partition_index": p.partition_index, "error_code": error}
-                        for p in t.partitions
-                    ],
-                }
-                for t in b.topics
-            ],
-        }
-
-    async def offset_fetch(self, req: codec.Request) -> dict[str, Any]:
-        b = req.body
-        if req.api_version >= 8:
-            groups = [(g.group_id, g.topics) for g in b.groups]
-        else:
-            groups = [(b.group_id, b.topics)]
-        out = []
-        for group_id, topics in groups:
-            if topics is None:  # all partitions the group has offsets for
-                wanted: dict[str, list[int]] = {}
-                for t, p in self.offsets.group_partitions(group_id):
-                    wanted.setdefault(t, []).append(p)
-            else:
-                wanted = {t.name: list(t.partition_indexes) for t in topics}
-            rows = []
-            for name, indexes in wanted.items():
-                parts = []
-                for i in indexes:
-                    offset, meta = self.offsets.fetch(group_id, name, i)
-                    parts.append(
-                        {
-                            "partition_index": i,
-                            "committed_offset": offset,
-                            "committed_leader_epoch": -1,
-                            "metadata": meta,
-                            "error_code": NONE,
-                        }
-                    )
-                rows.append({"name": name, "partitions": parts})
-            out.append({"group_id": group_id, "topics": rows, "error_code": NONE})
-        if req.api_version >= 8:
-            return {"throttle_time_ms": 0, "groups": out}
-        return {"throttle_time_ms": 0, "topics": out[0]["topics"], "error_code": NONE}
-
-    async def describe_groups(self, req: codec.Request) -> dict[str, Any]:
-        described = []
-        for group_id in req.body.groups:
-            g = self.groups.describe(group_id)
-            if g is None:
-                described.append(
-                    {
-                        "error_code": NONE,
-                        "group_id": group_id,
-                        "group_state": "Dead",
-                        "protocol_type": "",
-                        "protocol_data": "",
-                        "members": [],
-                    }
-                )
-                continue
-            described.append(
-                {
-                    "error_code": NONE,
-                    "group_id": group_id,
-                    "group_state": g.state,
-                    "protocol_type": g.protocol_type or "",
-                    "protocol_data": g.protocol_name or "",
-                    "members": [
-                        {
-                            "member_id": m.member_id,
-                            "group_instance_id": m.instance_id,
-                            "client_id": m.client_id,
-                            "client_host": "",
-                            "member_metadata": m.metadata_for(g.protocol_name)
-                            if g.protocol_name
-                            else b"",
-                            "member_assignment": m.assignment,
-                        }
-                        for m in g.members.values()
-                    ],
-                }
-            )
-        return {"throttle_time_ms": 0, "groups": described}
-
-    async def list_groups(self, req: codec.Request) -> dict[str, Any]:
-        names = set(self.groups.groups) | self.offsets.groups()
-        rows = []
-        for name in sorted(names):
-            g = self.groups.describe(name)
-            rows.append(
-                {
-                    "group_id": name,
-                    "protocol_type": (g.protocol_type if g else None) or "consumer",
-                    "group_state": g.state if g else "Empty",
-                }
-            )
-        return {"throttle_time_ms": 0, "error_code": NONE, "groups": rows}
 
     async def describe_configs(self, req: codec.Request) -> dict[str, Any]:
         """The topic configs the broker applies (segment.*, retention.*, cleanup.policy):
@@ -866,10 +569,3 @@ class _Counter:
             pid = self._next
             self._next += 1
             return pid
-
-
-def _fenced_code(code: int, version: int, fenced_from: int) -> int:
-    """PRODUCER_FENCED (KIP-588) only for versions that know it; INVALID_PRODUCER_EPOCH before."""
-    if code == PRODUCER_FENCED and version < fenced_from:
-        return INVALID_PRODUCER_EPOCH
-    return code

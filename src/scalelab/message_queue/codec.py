@@ -132,7 +132,7 @@ class FrameBuffer:
                 raise FrameError(f"frame of {size} bytes (limit {self.max_frame_bytes})")
             if len(self._buf) - pos - 4 < size:
                 break
-            frames.append(bytes(self._buf[pos + 4 : pos + 4 + size]))
+            frames.append(bytes(memoryview(self._buf)[pos + 4 : pos + 4 + size]))  # one copy
             pos += 4 + size
         del self._buf[:pos]
         return frames

@@ -28,7 +28,6 @@ from scalelab.message_queue.batch import (
     BatchHeader,
     control_batch,
     control_type,
-    rewrite_base_offset,
     split,
 )
 from scalelab.message_queue.cleaner import recover_interrupted
@@ -176,9 +175,7 @@ class Partition:
             first = planned[0]
             for (header, view), base in zip(batches, planned, strict=True):
                 self._maybe_roll(header.size)
-                self.active.append(
-                    rewrite_base_offset(view, base), replace(header, base_offset=base)
-                )
+                self.active.append(view, replace(header, base_offset=base))
                 self.txns.on_batch(header, base)
             if states is self.producers:  # remembered only once written
                 states.record(batches[0][0], first)
@@ -201,9 +198,7 @@ class Partition:
             header = BatchHeader.parse(raw)
             offset = self.log_end_offset
             self._maybe_roll(header.size)
-            self.active.append(
-                rewrite_base_offset(raw, offset), replace(header, base_offset=offset)
-            )
+            self.active.append(raw, replace(header, base_offset=offset))
             self.txns.on_marker(producer_id, kind, offset)
             self.producers.record(header, offset)
             return offset

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 INDEX_ENTRY = struct.Struct(">II")
 TIME_ENTRY = struct.Struct(">qI")
 INDEX_INTERVAL_BYTES = 4096
+_BASE_OFFSET = struct.Struct(">q")
 
 
 def file_name(base_offset: int, suffix: str) -> str:
@@ -217,8 +218,11 @@ class Segment:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def append(self, batch: bytes | bytearray, header: BatchHeader) -> int:
-        """Append one batch whose base offset is already this log's next offset; its position.
+    def append(self, batch: bytes | bytearray | memoryview, header: BatchHeader) -> int:
+        """Append one batch at this log's next offset, header.base_offset; its position. The
+        batch's own first 8 bytes (the producer's base offset) are replaced on the way to the
+        disk, by a gathered write: the batch itself is never copied (the CRC does not cover
+        the base offset, so it stays valid).
 
         Index entries go first: if the log write is lost they point past the end and are
         dropped on recovery; never the other way round.
@@ -227,7 +231,8 @@ class Segment:
         if not self._positions or self._since_index >= INDEX_INTERVAL_BYTES:
             self._add_index(header.base_offset - self.base_offset, pos)
         self._add_time(header)
-        written = os.pwrite(self.fd, batch, pos)
+        view = memoryview(batch)
+        written = os.pwritev(self.fd, [_BASE_OFFSET.pack(header.base_offset), view[8:]], pos)
         if written != len(batch):
             os.ftruncate(self.fd, pos)
             raise OSError(f"short write to {self.log_path}: {written} of {len(batch)} bytes")

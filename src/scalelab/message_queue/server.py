@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = MessageQueueSettings
 RETENTION_CHECK_SECONDS = 300.0
+READ_CHUNK = 1 << 20  # big produce requests arrive in few reads, with few copies
 MAX_IN_FLIGHT = 64  # requests read ahead of their answers on one connection
 SEND_TIMEOUT_SECONDS = 30.0  # for answers still owed when a client stops sending
 
@@ -62,7 +63,7 @@ class BrokerServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._accept, self.settings.host, self.settings.port
+            self._accept, self.settings.host, self.settings.port, limit=READ_CHUNK * 4
         )
         self.broker.port = self.port  # what Metadata advertises
         self.broker.start()
@@ -99,7 +100,7 @@ class BrokerServer:
         closing = asyncio.Event()
         sender = asyncio.create_task(self._send_in_order(answers, writer, closing))
         try:
-            while not closing.is_set() and (data := await reader.read(1 << 16)):
+            while not closing.is_set() and (data := await reader.read(READ_CHUNK)):
                 for frame in frames.feed(data):
                     if closing.is_set():
                         break
