@@ -261,25 +261,23 @@ _CONTROL_KEY = struct.Struct(">hh")
 _CONTROL_VALUE = struct.Struct(">hi")
 
 
-def _zigzag(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """A zigzag varint, as v2 records encode their lengths, deltas and counts."""
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
-    while True:
-        byte = z & 0x7F
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
         z >>= 7
-        if z:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(z)
+    return bytes(out)
 
 
-def _read_zigzag(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     """(value, next position) of the zigzag varint at pos."""
     z = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
-            raise BatchError("truncated or overlong varint in a control record", CORRUPT_MESSAGE)
+            raise BatchError("truncated or overlong varint in a record", CORRUPT_MESSAGE)
         byte = buf[pos]
         pos += 1
         z |= (byte & 0x7F) << shift
@@ -295,11 +293,11 @@ def control_batch(
     key = _CONTROL_KEY.pack(0, kind)
     value = _CONTROL_VALUE.pack(0, coordinator_epoch)
     body = (
-        b"\x00" + _zigzag(0) + _zigzag(0)
-        + _zigzag(len(key)) + key + _zigzag(len(value)) + value + _zigzag(0)
+        b"\x00" + encode_varint(0) + encode_varint(0)
+        + encode_varint(len(key)) + key + encode_varint(len(value)) + value + encode_varint(0)
     )  # fmt: skip
     return make_batch(
-        _zigzag(len(body)) + body,
+        encode_varint(len(body)) + body,
         1,
         attributes=TRANSACTIONAL | CONTROL,
         base_timestamp=timestamp,
@@ -312,11 +310,11 @@ def control_batch(
 def control_type(batch: bytes | memoryview) -> int:
     """ABORT or COMMIT, from a control batch's first record's key."""
     pos = HEADER_SIZE
-    _, pos = _read_zigzag(batch, pos)  # record length
+    _, pos = decode_varint(batch, pos)  # record length
     pos += 1  # attributes
-    _, pos = _read_zigzag(batch, pos)  # timestamp delta
-    _, pos = _read_zigzag(batch, pos)  # offset delta
-    key_len, pos = _read_zigzag(batch, pos)
+    _, pos = decode_varint(batch, pos)  # timestamp delta
+    _, pos = decode_varint(batch, pos)  # offset delta
+    key_len, pos = decode_varint(batch, pos)
     if key_len < _CONTROL_KEY.size or pos + key_len > len(batch):
         raise BatchError(f"control record key of {key_len} bytes", CORRUPT_MESSAGE)
     _version, kind = _CONTROL_KEY.unpack_from(batch, pos)

@@ -53,7 +53,14 @@ from typing import TYPE_CHECKING
 
 from awscrt.checksums import crc32c
 
-from scalelab.message_queue.batch import COMPRESSION_MASK, HEADER_SIZE, BatchError, BatchHeader
+from scalelab.message_queue.batch import (
+    COMPRESSION_MASK,
+    HEADER_SIZE,
+    BatchError,
+    BatchHeader,
+    decode_varint,
+    encode_varint,
+)
 from scalelab.message_queue.files import fsync_dir
 from scalelab.message_queue.segment import Segment, file_name
 
@@ -82,29 +89,6 @@ def _no_step(name: str) -> None:
 # ---- the v2 record layout (inside a batch, after decompression) --------------------------
 
 
-def _zigzag(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    z = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise BatchError("truncated varint in a record", 2)
-        byte = buf[pos]
-        pos += 1
-        z |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return (z >> 1) ^ -(z & 1), pos
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """What compaction needs of a record; `tail` (offset delta onwards: key, value, headers)
@@ -122,15 +106,15 @@ def decode_records(payload: bytes, count: int, base_timestamp: int) -> list[Reco
     out = []
     pos = 0
     for _ in range(count):
-        length, pos = _varint(payload, pos)
+        length, pos = decode_varint(payload, pos)
         end = pos + length
         if length < 1 or end > len(payload):
             raise BatchError(f"record of {length} bytes runs past its batch", 2)
-        ts_delta, tail = _varint(payload, pos + 1)
-        offset_delta, p = _varint(payload, tail)
-        key_len, p = _varint(payload, p)
+        ts_delta, tail = decode_varint(payload, pos + 1)
+        offset_delta, p = decode_varint(payload, tail)
+        key_len, p = decode_varint(payload, p)
         key = None if key_len < 0 else payload[p : p + key_len]
-        value_len, _ = _varint(payload, p + max(key_len, 0))
+        value_len, _ = decode_varint(payload, p + max(key_len, 0))
         out.append(
             Record(
                 payload[pos],
@@ -146,8 +130,10 @@ def decode_records(payload: bytes, count: int, base_timestamp: int) -> list[Reco
 
 
 def encode_record(record: Record, base_timestamp: int) -> bytes:
-    body = bytes([record.attributes]) + _zigzag(record.timestamp - base_timestamp) + record.tail
-    return _zigzag(len(body)) + body
+    body = (
+        bytes([record.attributes]) + encode_varint(record.timestamp - base_timestamp) + record.tail
+    )
+    return encode_varint(len(body)) + body
 
 
 # ---- compression: each batch keeps its own codec ------------------------------------------
