@@ -24,10 +24,14 @@ class GroupMember(threading.Thread):
     def __init__(self, bootstrap: str, group: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+            bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
             enable_auto_commit=False, session_timeout_ms=10000, heartbeat_interval_ms=300,
             max_poll_interval_ms=20000, fetch_max_wait_ms=100,
         )  # fmt: skip
+        # subscribe once the topic's partitions are known: a leader that assigns before its
+        # metadata has them hands out nothing, and kafka-python may not rejoin for a while
+        assert self.consumer.partitions_for_topic(topic)
+        self.consumer.subscribe([topic])
         self.values: list[bytes] = []
         self.assigned: set[int] = set()
         self.stopping = threading.Event()

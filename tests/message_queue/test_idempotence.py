@@ -36,7 +36,8 @@ class LossyProxy:
         self.dropped = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         self.listener.settimeout(0.2)
@@ -45,7 +46,13 @@ class LossyProxy:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                return  # the listener was closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()  # the broker is gone: so is this connection
+                continue
             produce_ids: set[int] = set()
             threading.Thread(target=self._pump, args=(client, upstream, produce_ids, True),
                              daemon=True).start()  # fmt: skip
@@ -83,6 +90,7 @@ class LossyProxy:
 
     def close(self) -> None:
         self._stop.set()
+        self._acceptor.join(5)
         self.listener.close()
 
 
