@@ -115,10 +115,12 @@ warnings.simplefilter("ignore")
 from kafka import KafkaConsumer
 bootstrap, group, topic = sys.argv[1:]
 consumer = KafkaConsumer(
-    topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+    bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
     enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=500,
     max_poll_interval_ms=20000, fetch_max_wait_ms=100,
 )
+assert consumer.partitions_for_topic(topic)  # see GroupMember: subscribe once they are known
+consumer.subscribe([topic])
 reported = None
 while True:
     batches = consumer.poll(timeout_ms=100)
