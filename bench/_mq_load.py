@@ -211,6 +211,10 @@ def kafka_consume(spec: dict[str, Any]) -> dict[str, Any]:
             "fetch.max.bytes": 50 * MiB,
             "max.partition.fetch.bytes": 8 * MiB,
             "queued.max.messages.kbytes": 256 * 1024,
+            # librdkafka 2.x postpones a partition's next fetch by this much once its local
+            # queue holds queued.min.messages (100,000) records; at the default (1 s) a broker
+            # that answers the full 8 MiB per partition (as Kafka does) stalls every consumer
+            "fetch.queue.backoff.ms": 10,
         }
     )
     consumer.list_topics(spec["topic"], timeout=30)  # connected before the clock starts
