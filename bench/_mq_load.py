@@ -15,6 +15,7 @@ CPU seconds of the whole process (getrusage: every librdkafka thread included).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -420,10 +421,8 @@ async def nats_produce(spec: dict[str, Any]) -> dict[str, Any]:
         conn.write(b"".join(frames[(sent + k) & mask] for k in range(burst)))
         sent += burst
         await asyncio.sleep(0)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(finished.wait(), max(1.0, deadline - time.monotonic()))
-    except TimeoutError:
-        pass
     end = time.time()
     cpu = cpu_seconds() - cpu0
     assert conn.transport is not None
@@ -488,10 +487,8 @@ async def nats_consume(spec: dict[str, Any]) -> dict[str, Any]:
     request()
     while not finished.is_set() and time.monotonic() < deadline:
         more.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(more.wait(), 1.0)
-        except TimeoutError:
-            pass
         if status:  # an expired or empty request: ask again for what is missing
             requested, status = got, 0
         while requested - got < 2 * batch and requested < want:
@@ -543,10 +540,8 @@ async def nats_latency(spec: dict[str, Any]) -> dict[str, Any]:
         if wait > 0:
             await asyncio.sleep(wait)
         conn.write(head + STAMP.pack(i, time.perf_counter_ns()) + pad + b"\r\n")
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(finished.wait(), spec["timeout"])
-    except TimeoutError:
-        pass
     assert conn.transport is not None
     conn.transport.close()
     skip = min(spec["warmup"], len(latencies) // 10)

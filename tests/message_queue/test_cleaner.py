@@ -19,14 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scalelab.message_queue import segment
-from scalelab.message_queue.batch import BatchHeader
+from scalelab.message_queue.batch import BatchHeader, stored_batches
 from scalelab.message_queue.cleaner import (
     DELETE_HORIZON,
     LogCleaner,
     batch_records,
     clean,
     encode_batch,
-    stored_batches,
 )
 from scalelab.message_queue.partition import LogConfig, Partition
 from scalelab.message_queue.segment import Segment, file_name

@@ -17,6 +17,8 @@ from tests.message_queue.conftest import RunningBroker
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
 
@@ -132,3 +134,16 @@ def test_a_finished_fsync_not_yet_collected_is_not_awaited_forever(tmp_path: Pat
         return group.durable
 
     assert asyncio.run(main()) == 1
+
+
+def test_a_deleted_topic_leaves_no_partition_behind_in_the_policy(broker: RunningBroker) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    producer.send("doomed-topic", b"x").get(timeout=10)
+    producer.close()
+    flusher = broker.server.broker.flusher
+    part = broker.server.broker.topics.partition("doomed-topic", 0)
+    assert part in flusher._groups  # the produce went through group commit
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.delete_topics(["doomed-topic"])
+    admin.close()
+    assert part not in flusher._groups

@@ -4,6 +4,7 @@ the client retries the same batch on a new connection, and the log holds every r
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -79,13 +80,11 @@ class LossyProxy:
                             raise ConnectionResetError("response lost on purpose")
                     dst.sendall(frame)
         except OSError:
-            pass
+            pass  # either side went away: the other is shut below
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "control_type",
     "rewrite_base_offset",
     "split",
+    "stored_batches",
 ]
 
 HEADER = struct.Struct(">qiibIhiqqqhii")
@@ -177,6 +178,17 @@ def split(records: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryview
         header.check(batch)
         yield header, batch
         pos = end
+
+
+def stored_batches(data: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:
+    """The batches of bytes read back from a log. Unlike `batch.split` (for Produce), a
+    compacted batch may hold fewer records than its offset range, or none."""
+    view = memoryview(data)
+    pos = 0
+    while pos + HEADER_SIZE <= len(view):
+        header = BatchHeader.parse(view, pos)
+        yield header, view[pos : pos + header.size]
+        pos += header.size
 
 
 def record_timestamps(batch: bytes) -> Iterator[tuple[int, int]]:

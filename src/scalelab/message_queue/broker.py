@@ -241,7 +241,8 @@ class Broker:
         results = []
         for name in names:
             try:
-                self.topics.delete(name)
+                for part in self.topics.delete(name):
+                    self.flusher.forget(part)
                 code = NONE
             except TopicError as exc:
                 code = exc.code
@@ -344,7 +345,8 @@ class Broker:
             except TopicError:
                 continue  # deleted meanwhile: nothing left to mark
             if part.append_marker(producer_id, epoch, kind) is not None:
-                part.sync()
+                if self.settings.fsync_before_ack:  # the policy the coordinator's log follows
+                    part.sync()
                 if self._loop is not None:  # consumers long-polling for the marker
                     self._loop.call_soon_threadsafe(self._wake, topic, index)
 

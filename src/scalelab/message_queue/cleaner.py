@@ -67,7 +67,7 @@ from scalelab.message_queue.segment import Segment, file_name
 if TYPE_CHECKING:
     from scalelab.message_queue.partition import Partition
 
-__all__ = ["CleanStats", "LogCleaner", "clean", "recover_interrupted", "stored_batches"]
+__all__ = ["CleanStats", "LogCleaner", "clean", "recover_interrupted"]
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +189,6 @@ def batch_records(raw: bytes, header: BatchHeader) -> list[Record]:
     if header.attributes & COMPRESSION_MASK and header.record_count:
         payload = _codec(header.attributes & COMPRESSION_MASK)[1](payload)
     return decode_records(bytes(payload), header.record_count, header.base_timestamp)
-
-
-def stored_batches(data: bytes | memoryview) -> Iterator[tuple[BatchHeader, memoryview]]:
-    """The batches of bytes read back from a log. Unlike `batch.split` (for Produce), a
-    compacted batch may hold fewer records than its offset range, or none."""
-    view = memoryview(data)
-    pos = 0
-    while pos + HEADER_SIZE <= len(view):
-        header = BatchHeader.parse(view, pos)
-        yield header, view[pos : pos + header.size]
-        pos += header.size
 
 
 # ---- one batch ----------------------------------------------------------------------------

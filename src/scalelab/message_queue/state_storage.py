@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Iterator
 
-from scalelab.message_queue.cleaner import stored_batches
+from scalelab.message_queue.batch import stored_batches
 from scalelab.message_queue.partition import Partition
 
 with warnings.catch_warnings():

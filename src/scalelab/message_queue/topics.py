@@ -100,18 +100,22 @@ class TopicStore:
             self._save()
         return topic
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> list[Partition]:
+        """Delete a topic and its files; its partitions (closed), so holders can let go."""
         with self._lock:
             topic = self.topics.pop(name, None)
             if topic is None:
                 raise TopicError(f"unknown topic {name!r}", UNKNOWN_TOPIC_OR_PARTITION)
             self._save()
+            gone = []
             for i in range(topic.partitions):
                 part = self._partitions.pop((name, i))
                 part.close()
                 for f in part.directory.iterdir():
                     f.unlink()
                 part.directory.rmdir()
+                gone.append(part)
+            return gone
 
     def partition(self, name: str, index: int) -> Partition:
         try:
