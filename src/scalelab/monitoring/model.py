@@ -17,9 +17,9 @@ import enum
 import math
 import re
 import struct
-from decimal import Decimal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 import numpy as np
