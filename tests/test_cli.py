@@ -50,7 +50,7 @@ def test_settings_show_environment_names() -> None:
     "args,message",
     [
         (["serve", "nosuch"], "unknown system"),
-        (["serve", "monitoring"], "not implemented"),
+        (["serve", "maps"], "not implemented"),
         (["settings", "hotel"], "not implemented"),
         (["bench", "bogus"], "unknown system"),
     ],

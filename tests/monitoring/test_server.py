@@ -1,0 +1,210 @@
+"""The monitoring server end to end: a real exporter scraped, remote-write and line-protocol
+pushes, and Prometheus's HTTP API read back with httpx, on a real server on port 0."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from scalelab.monitoring import remote_write
+from scalelab.monitoring.server import create_app
+from scalelab.monitoring.settings import MonitoringSettings
+from scalelab.web import ServerThread
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def exporter() -> Iterator[str]:
+    registry = CollectorRegistry()
+    Counter("jobs_done", "Jobs done", ["queue"], registry=registry).labels("fast").inc(7)
+    Gauge("temperature_celsius", "Temperature", registry=registry).set(21.5)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    started: list[ServerThread] = []
+
+    def make(**overrides: Any) -> str:
+        settings = MonitoringSettings.from_env({}, data=tmp_path / "data", port=0, **overrides)
+        server = ServerThread(create_app(settings)).start()
+        started.append(server)
+        return server.url
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def query(url: str, q: str, **params: Any) -> dict[str, Any]:
+    reply = httpx.get(f"{url}/api/v1/query", params={"query": q, **params}, timeout=30)
+    body: dict[str, Any] = reply.json()
+    assert reply.status_code == 200, body
+    assert body["status"] == "success"
+    return body["data"]  # type: ignore[no-any-return]
+
+
+def test_scrapes_a_prometheus_client_exporter(
+    make_server: Callable[..., str], exporter: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n"
+        "scrape_configs:\n  - job_name: app\n    static_configs:\n"
+        f"      - targets: ['{exporter}']\n"
+    )
+    url = make_server(scrape_config=config)
+
+    def scraped() -> list[Any]:
+        return query(url, 'jobs_done_total{job="app"}')["result"]  # type: ignore[no-any-return]
+
+    result = wait_for(scraped)
+    assert result[0]["metric"] == {
+        "__name__": "jobs_done_total",
+        "instance": exporter,
+        "job": "app",
+        "queue": "fast",
+    }
+    assert result[0]["value"][1] == "7"
+    up = query(url, "up")["result"]
+    assert [(r["metric"]["job"], r["value"][1]) for r in up] == [("app", "1")]
+    targets = httpx.get(f"{url}/api/v1/targets").json()["data"]["activeTargets"]
+    assert targets[0]["health"] == "up" and targets[0]["labels"]["job"] == "app"
+    meta = httpx.get(f"{url}/api/v1/metadata", params={"metric": "temperature_celsius"}).json()
+    assert meta["data"] == {
+        "temperature_celsius": [{"type": "gauge", "help": "Temperature", "unit": ""}]
+    }
+
+
+def test_remote_write_then_query_range_series_and_labels(make_server: Callable[..., str]) -> None:
+    url = make_server()
+    t0 = 1_700_000_000_000
+    series = [
+        (
+            (("__name__", "http_requests_total"), ("code", code), ("job", "api")),
+            [t0 + i * 15_000 for i in range(40)],
+            [float(i * n) for i in range(40)],
+        )
+        for code, n in (("200", 10), ("500", 1))
+    ]
+    reply = httpx.post(
+        f"{url}/api/v1/write",
+        content=remote_write.encode_write_request(series),
+        headers={
+            "Content-Encoding": "snappy",
+            "Content-Type": "application/x-protobuf",
+            "X-Prometheus-Remote-Write-Version": "0.1.0",
+        },
+    )
+    assert reply.status_code == 204, reply.text
+
+    at = (t0 + 39 * 15_000) / 1000
+    data = query(url, "sum by (code) (rate(http_requests_total[5m]))", time=at)
+    rates = {r["metric"]["code"]: float(r["value"][1]) for r in data["result"]}
+    assert rates == pytest.approx({"200": 10 / 15, "500": 1 / 15})
+
+    params = {"query": "http_requests_total", "start": t0 / 1000, "end": at, "step": "60s"}
+    for _ in range(2):  # the second answer comes from the results cache
+        reply = httpx.post(f"{url}/api/v1/query_range", data=params)
+        assert reply.status_code == 200, reply.text
+        matrix = reply.json()["data"]
+        assert matrix["resultType"] == "matrix"
+        assert [len(s["values"]) for s in matrix["result"]] == [10, 10]
+
+    found = httpx.get(f"{url}/api/v1/series", params={"match[]": '{job="api"}'}).json()["data"]
+    assert sorted(s["code"] for s in found) == ["200", "500"]
+    labels = httpx.get(f"{url}/api/v1/labels").json()["data"]
+    assert labels == ["__name__", "code", "job"]
+    codes = httpx.get(f"{url}/api/v1/label/code/values").json()["data"]
+    assert codes == ["200", "500"]
+
+    stale = httpx.post(
+        f"{url}/api/v1/write",
+        content=remote_write.encode_write_request([(series[0][0], [t0], [1.0])]),
+        headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"},
+    )
+    assert stale.status_code == 400
+    assert "out of order" in stale.json()["error"]
+
+
+def test_line_protocol_push(make_server: Callable[..., str]) -> None:
+    url = make_server()
+    body = b"CPU.load host=webserver01,region=us-east 1613856000 50\n"
+    assert httpx.post(f"{url}/api/v1/push", content=body).status_code == 204
+    data = query(url, "CPU_load", time=1613856000)
+    assert data["result"] == [
+        {
+            "metric": {"__name__": "CPU_load", "host": "webserver01", "region": "us-east"},
+            "value": [1613856000, "50"],
+        }
+    ]
+    bad = httpx.post(f"{url}/api/v1/push", content=b"CPU.load host=a notatime 5\n")
+    assert bad.status_code == 400
+    assert bad.json()["errorType"] == "bad_data" and "line 1" in bad.json()["error"]
+
+
+def test_errors_have_prometheus_shape(make_server: Callable[..., str]) -> None:
+    url = make_server()
+    reply = httpx.get(f"{url}/api/v1/query", params={"query": "sum(("})
+    assert reply.status_code == 400
+    body = reply.json()
+    assert body["status"] == "error" and body["errorType"] == "bad_data"
+    reply = httpx.get(f"{url}/api/v1/query_range", params={"query": "up", "start": 1, "end": 0})
+    assert reply.status_code == 400
+    reply = httpx.get(f"{url}/api/v1/series")
+    assert reply.json()["error"] == "no match[] parameter provided"
+    reply = httpx.post(
+        f"{url}/api/v1/write",
+        content=b"not snappy",
+        headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"},
+    )
+    assert reply.status_code == 400
+    assert httpx.get(f"{url}/api/v1/status/buildinfo").json()["data"]["version"]
+    assert query(url, "1 + 1")["result"][1] == "2"
+
+
+def test_rules_fire_and_show_in_the_api(make_server: Callable[..., str], tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: demo\n    interval: 100ms\n    rules:\n"
+        "      - record: job:pushed:max\n        expr: max by (job) (pushed)\n"
+        "      - alert: PushedHigh\n        expr: pushed > 10\n"
+        "        annotations:\n          summary: 'value {{ $value }} on {{ $labels.job }}'\n"
+    )
+    url = make_server(rule_files=str(rules))
+    now = int(time.time())
+    httpx.post(f"{url}/api/v1/push", content=f"pushed job=x {now} 42\n".encode())
+
+    def firing() -> list[Any]:
+        alerts = httpx.get(f"{url}/api/v1/alerts").json()["data"]["alerts"]
+        return [a for a in alerts if a["state"] == "firing"]
+
+    alert = wait_for(firing)[0]
+    assert alert["labels"] == {"alertname": "PushedHigh", "job": "x"}
+    assert alert["annotations"] == {"summary": "value 42 on x"}
+    groups = httpx.get(f"{url}/api/v1/rules").json()["data"]["groups"]
+    assert [r["type"] for r in groups[0]["rules"]] == ["recording", "alerting"]
+    assert wait_for(lambda: query(url, "job:pushed:max")["result"])[0]["value"][1] == "42"
+    assert wait_for(lambda: query(url, "ALERTS")["result"])[0]["metric"]["alertstate"] == "firing"
