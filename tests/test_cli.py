@@ -171,6 +171,15 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
             'scalelab_mq_log_end_offset{partition="0",topic="from-up"} 1.0'
             in httpx.get(f"{mq.group(1)}/metrics").text
         )
+        mon = re.search(r"monitoring\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        assert mon, text
+        deadline = time.monotonic() + 60  # file_sd refresh (5 s) + the first scrape (<= 15 s)
+        up: dict[str, str] = {}
+        while time.monotonic() < deadline and len(up) < 4:
+            result = httpx.get(f"{mon.group(1)}/api/v1/query", params={"query": "up"}).json()
+            up = {r["metric"]["system"]: r["value"][1] for r in result["data"]["result"]}
+            time.sleep(0.5)
+        assert up == dict.fromkeys(["message_queue", "monitoring", "objectstore", "proximity"], "1")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         child_pids = [int(p) for p in children.stdout.split()]
         assert child_pids

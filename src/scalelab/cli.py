@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -25,8 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from scalelab import __version__, web
-from scalelab.config import DATA_ENV, SettingsError
+from scalelab.config import DATA_ENV, DEFAULT_DATA, SettingsError
 from scalelab.message_queue import cli as message_queue_cli
+from scalelab.monitoring import cli as monitoring_cli
 from scalelab.objectstore import cli as objectstore_cli
 from scalelab.systems import CONSOLE_PORT, SYSTEMS, SystemInfo, lookup
 
@@ -195,6 +197,7 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
             table.add_row(child.info.name, child.url, status)
             for key, value in child.extra.items():
                 table.add_row("", f"{key}: {value}", "")
+        _write_scrape_targets(data, urls)
         server = HTTPServer(create_console(urls), "127.0.0.1", console_port)
         table.add_row("console", server.url, "healthy")
         for info in SYSTEMS:
@@ -208,6 +211,23 @@ def up(demo: bool, data: Path | None, console_port: int, timeout: float) -> None
     finally:
         _stop(children)
         console.print("stopped")
+
+
+def _write_scrape_targets(data: Path | None, urls: dict[str, str]) -> None:
+    """List every system's /metrics for the monitoring system's default scrape job (file_sd:
+    it notices the file appear). Written whole and renamed, so it is never read half done."""
+    from scalelab.monitoring.settings import SCALELAB_TARGETS
+
+    root = data if data is not None else Path(os.environ.get(DATA_ENV, str(DEFAULT_DATA)))
+    path = root / "monitoring" / SCALELAB_TARGETS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups = [
+        {"targets": [url.split("://", 1)[1]], "labels": {"system": name}}
+        for name, url in sorted(urls.items())
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=2) + "\n")
+    tmp.replace(path)
 
 
 @main.command()
@@ -261,3 +281,4 @@ def list_systems() -> None:
 
 main.add_command(objectstore_cli.objectstore)
 main.add_command(message_queue_cli.message_queue)
+main.add_command(monitoring_cli.monitoring)

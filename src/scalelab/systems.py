@@ -54,9 +54,7 @@ SYSTEMS: tuple[SystemInfo, ...] = (
     SystemInfo(
         "message_queue", 4, "Distributed message queue", "Kafka wire protocol", 9092, 4, True
     ),
-    SystemInfo(
-        "monitoring", 5, "Metrics monitoring and alerting", "Prometheus API", 9090, 5, True
-    ),
+    SystemInfo("monitoring", 5, "Metrics monitoring and alerting", "Prometheus API", 9090, 5, True),
     SystemInfo("adclick", 6, "Ad click event aggregation", "Kafka + REST", 8084, 8, False),
     SystemInfo("hotel", 7, "Hotel reservation", "REST", 8085, 6, False),
     SystemInfo("mail", 8, "Distributed email", "SMTP, IMAP, REST, WebSocket", 8086, 9, False),

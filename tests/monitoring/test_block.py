@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from scalelab.monitoring import block as blk
 from scalelab.monitoring import downsample as ds
 from scalelab.monitoring import index as ix
+from scalelab.monitoring import segments
 from scalelab.monitoring.block import Block, ChunkKind, ChunkMeta
+from scalelab.monitoring.compact import compact
 from scalelab.monitoring.errors import StorageError
 from scalelab.monitoring.model import (
     Labels,
@@ -98,11 +100,11 @@ UP_B = labels_of({"__name__": "up", "job": "b"})
 
 def test_struct_sizes() -> None:
     assert ix.HEADER.size == 8 and ix.SECTION.size == 8 and ix.TOC.size == 40
-    assert ix.TABLE_HEADER.size == 8 and blk.SEGMENT_HEADER.size == 8
+    assert ix.TABLE_HEADER.size == 8 and segments.SEGMENT_HEADER.size == 8
 
 
 def test_crc32c_is_castagnoli() -> None:
-    assert ix.crc32c(b"123456789") == 0xE3069283 == crc32c_reference(b"123456789")
+    assert segments.crc32c(b"123456789") == 0xE3069283 == crc32c_reference(b"123456789")
 
 
 TINY = [
@@ -553,7 +555,7 @@ def test_compaction_merges_blocks(tmp_path: Path) -> None:
         write(tmp_path, d, f"B{i}", time_range=(i * 1000, i * 1000 + 999))
         for i, d in enumerate(parts)
     ]
-    meta = blk.compact(blocks, tmp_path, block_id="C")
+    meta = compact(blocks, tmp_path, block_id="C")
     assert (meta.min_time, meta.max_time, meta.level) == (0, 2999, 2)
     assert meta.sources == ("B0", "B1", "B2") and meta.parents == ("B0", "B1", "B2")
     assert meta.num_series == 4
@@ -574,7 +576,7 @@ def test_compaction_merges_blocks(tmp_path: Path) -> None:
         }
         assert c.label_values("s", [], 0, 3000) == ["a", "b", "c", "d"]
         later = write(tmp_path, series_data(["e"], 3000), "B3")
-        meta2 = blk.compact([c, later], tmp_path, block_id="C2")
+        meta2 = compact([c, later], tmp_path, block_id="C2")
         later.close()
     assert meta2.level == 3 and meta2.sources == ("B0", "B1", "B2", "B3")
     assert meta2.parents == ("C", "B3") and meta2.num_series == 5
@@ -585,7 +587,7 @@ def test_compaction_merges_blocks(tmp_path: Path) -> None:
 def test_compaction_keeps_a_chunk_found_twice_once(tmp_path: Path) -> None:
     data = series_data(["a", "b"], 0)
     one, two = write(tmp_path, data, "B1"), write(tmp_path, data, "B2")
-    meta = blk.compact([one, two], tmp_path, block_id="C")
+    meta = compact([one, two], tmp_path, block_id="C")
     assert meta.num_chunks == one.meta.num_chunks and meta.num_samples == 20
     with Block.open(tmp_path / "C", decode=dec) as c:
         assert as_dict(c.select([], 0, 100)) == data
@@ -597,7 +599,7 @@ def test_compaction_refuses_mixed_resolutions(tmp_path: Path) -> None:
     raw = write(tmp_path, series_data(["a"], 0), "R")
     ds.downsample_block(raw, tmp_path, 60_000, encode=enc, block_id="D")
     with Block.open(tmp_path / "D", decode=dec) as d, pytest.raises(ValueError, match="resolution"):
-        blk.compact([raw, d], tmp_path)
+        compact([raw, d], tmp_path)
     raw.close()
 
 

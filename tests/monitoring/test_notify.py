@@ -22,21 +22,18 @@ from typing import Any
 
 import pytest
 
-from scalelab.monitoring.errors import BadData, NotFound
-from scalelab.monitoring.model import labels_of
-from scalelab.monitoring.notify import (
+from scalelab.monitoring.alert_intake import Alert, fingerprint
+from scalelab.monitoring.delivery import (
     DELIVERY_TRANSITIONS,
-    Alert,
-    ConfigError,
     Delivery,
     DeliveryEvent,
-    Notifier,
     _Delivery,
     _LogEntry,
-    fingerprint,
     needs_update,
-    parse_config,
 )
+from scalelab.monitoring.errors import BadData, NotFound
+from scalelab.monitoring.model import labels_of
+from scalelab.monitoring.notify import ConfigError, Notifier, parse_config
 from scalelab.monitoring.receivers import (
     DeliveryError,
     GlobalConfig,

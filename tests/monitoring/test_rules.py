@@ -18,7 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalelab.monitoring import template as T
+from scalelab.monitoring.alert_state import (
+    RESOLVED_RETENTION_MS,
+    TRANSITIONS,
+    Alert,
+    AlertState,
+    Observation,
+    observe,
+    step,
+)
 from scalelab.monitoring.errors import BadData, ExecutionError
+from scalelab.monitoring.gofmt import go_float_e, go_g, go_sprintf
 from scalelab.monitoring.memory import MemoryStorage
 from scalelab.monitoring.model import Labels, is_stale, labels_of
 from scalelab.monitoring.promql import Engine
@@ -28,21 +38,13 @@ from scalelab.monitoring.rulefile import (
     parse_duration_ms,
     parse_rules,
 )
-from scalelab.monitoring.rules import (
-    RESOLVED_RETENTION_MS,
-    TRANSITIONS,
-    Alert,
+from scalelab.monitoring.rulegroup import (
     AlertingRule,
-    AlertState,
     EvalContext,
-    Observation,
-    RuleManager,
     engine_evaluator,
-    go_float_e,
-    observe,
     results_from_json,
-    step,
 )
+from scalelab.monitoring.rules import RuleManager
 from scalelab.monitoring.settings import MonitoringSettings
 
 MIN = 60_000
@@ -662,7 +664,7 @@ def test_template_parse_errors(text: str, error: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_go_shortest_float_round_trips(value: float) -> None:
-    text = T.go_g(value)
+    text = go_g(value)
     assert float(text) == value
     mantissa = text.split("e")[0].lstrip("-")
     assert mantissa.replace(".", "").lstrip("0") or value == 0
@@ -1052,7 +1054,7 @@ def test_template_parser_never_crashes(pieces: list[str]) -> None:
     ),
 )
 def test_printf_never_raises(fmt: str, args: list[Any]) -> None:
-    assert isinstance(T.go_sprintf(fmt, args), str)
+    assert isinstance(go_sprintf(fmt, args), str)
 
 
 @pytest.mark.parametrize(

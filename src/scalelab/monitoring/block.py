@@ -1,46 +1,16 @@
 """Persisted, immutable blocks: the TSDB's storage for everything older than the head.
 
 The head block cuts its chunks into a block every two hours; compaction merges blocks into
-longer ones and downsampling writes 1-minute and 1-hour copies, as in Prometheus and Thanos.
-A block is never changed after it is written, so readers need no locks and a crash can only
-ever leave a temporary directory behind: a block is written under `<id>.tmp-for-creation/`,
-every file and directory fsynced, then renamed into place in one step.
+longer ones (compact.py) and downsampling writes 1-minute and 1-hour copies (downsample.py), as
+in Prometheus and Thanos. A block is never changed after it is written, so readers need no
+locks and a crash can only ever leave a temporary directory behind: a block is written under
+`<id>.tmp-for-creation/`, every file and directory fsynced, then renamed into place in one step.
 
 Directory layout (`<id>` is a ULID: 26 Crockford base-32 characters, sortable by time):
 
-    <id>/meta.json          what the block holds, below
+    <id>/meta.json          what the block holds; its format is in block_meta.py
     <id>/index              the inverted index; its format is in index.py
-    <id>/chunks/000001 ...  chunk segment files, below
-
-meta.json (UTF-8 JSON object):
-
-    ulid            the block id
-    minTime         earliest millisecond the block covers (inclusive)
-    maxTime         latest millisecond the block covers (inclusive; Prometheus's is exclusive)
-    stats           {"numSeries", "numChunks", "numSamples"} (samples over all chunk kinds)
-    resolution_ms   0 for raw samples; 60000 or 3600000 for downsampled blocks
-    compaction      {"level": 1 for a head block, max of the inputs + 1 after compaction,
-                     "sources": ids of the level-1 blocks whose data is here,
-                     "parents": ids of the blocks this one was made from}
-    version         1
-
-Chunk segment file (`chunks/NNNNNN`, numbered from 000001; a segment is cut before it would
-pass the segment size, 512 MiB by default). All integers little-endian:
-
-    offset size  field
-    0      4     magic b"SLCS"
-    4      1     format version (1)
-    5      3     zero
-
-then chunk records back to back:
-
-    0      4     data length n (u32)
-    4      n     chunk data (opaque here: chunk.py's encoding, e.g. Gorilla XOR)
-    4+n    4     CRC-32C of bytes 0..4+n (the length and the data)
-
-A chunk ref, as the index stores it, is (segment number << 32) | (record offset in the file).
-The CRC is checked on every read, so a damaged chunk fails the query that touches it (naming
-the series) rather than the whole block at open.
+    <id>/chunks/000001 ...  chunk segment files; their format is in segments.py
 """
 
 from __future__ import annotations
@@ -53,25 +23,16 @@ import os
 import random
 import re
 import shutil
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import numpy as np
 
+from scalelab.monitoring.block_meta import META_VERSION, BlockMeta, new_block_id
 from scalelab.monitoring.errors import StorageError
-from scalelab.monitoring.index import (
-    AGGREGATE_KINDS,
-    ChunkKind,
-    ChunkMeta,
-    IndexReader,
-    crc32c,
-    dump_index,
-    encode_index,
-)
+from scalelab.monitoring.index import IndexReader, dump_index, encode_index
 from scalelab.monitoring.model import (
     Labels,
     Matcher,
@@ -81,13 +42,26 @@ from scalelab.monitoring.model import (
     format_labels,
     get,
 )
+from scalelab.monitoring.segments import (
+    _MAX_OFFSET,
+    AGGREGATE_KINDS,
+    DEFAULT_SEGMENT_SIZE,
+    RECORD_CRC,
+    RECORD_LENGTH,
+    SEGMENT_HEADER,
+    SEGMENT_MAGIC,
+    SEGMENT_VERSION,
+    ChunkKind,
+    ChunkMeta,
+    _SegmentWriter,
+    crc32c,
+)
 
 __all__ = [
     "Block",
     "BlockMeta",
     "ChunkKind",
     "ChunkMeta",
-    "compact",
     "dump",
     "list_blocks",
     "new_block_id",
@@ -96,18 +70,7 @@ __all__ = [
     "write_chunks",
 ]
 
-SEGMENT_MAGIC = b"SLCS"
-SEGMENT_VERSION = 1
-SEGMENT_HEADER = struct.Struct("<4sB3x")
-RECORD_LENGTH = struct.Struct("<I")
-RECORD_CRC = struct.Struct("<I")
-assert SEGMENT_HEADER.size == 8 and RECORD_LENGTH.size == 4 and RECORD_CRC.size == 4
-
-META_VERSION = 1
-DEFAULT_SEGMENT_SIZE = 512 << 20
 TMP_SUFFIX = ".tmp-for-creation"
-_MAX_OFFSET = (1 << 32) - 1
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _BLOCK_ID = re.compile(r"[0-9A-Za-z_-]+")
 
 Decode = Callable[[bytes], tuple[TimestampArray, ValueArray]]
@@ -120,65 +83,6 @@ PendingChunk = tuple[ChunkKind, int, int, int, bytes]
 def codec(name: str) -> Any:
     """chunk.py's function, imported at call time so a block can be read with any codec."""
     return getattr(importlib.import_module("scalelab.monitoring.chunk"), name)
-
-
-def new_block_id(now_ms: int, rng: random.Random) -> str:
-    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time."""
-    value = ((now_ms & ((1 << 48) - 1)) << 80) | rng.getrandbits(80)
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
-
-
-@dataclass(frozen=True, slots=True)
-class BlockMeta:
-    """meta.json, parsed."""
-
-    id: str
-    min_time: int
-    max_time: int
-    num_series: int
-    num_chunks: int
-    num_samples: int
-    resolution_ms: int = 0
-    level: int = 1
-    sources: tuple[str, ...] = ()
-    parents: tuple[str, ...] = ()
-    version: int = META_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ulid": self.id,
-            "minTime": self.min_time,
-            "maxTime": self.max_time,
-            "stats": {
-                "numSeries": self.num_series,
-                "numChunks": self.num_chunks,
-                "numSamples": self.num_samples,
-            },
-            "resolution_ms": self.resolution_ms,
-            "compaction": {
-                "level": self.level,
-                "sources": list(self.sources),
-                "parents": list(self.parents),
-            },
-            "version": self.version,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BlockMeta:
-        stats, comp = data["stats"], data["compaction"]
-        return cls(
-            id=str(data["ulid"]),
-            min_time=int(data["minTime"]),
-            max_time=int(data["maxTime"]),
-            num_series=int(stats["numSeries"]),
-            num_chunks=int(stats["numChunks"]),
-            num_samples=int(stats["numSamples"]),
-            resolution_ms=int(data["resolution_ms"]),
-            level=int(comp["level"]),
-            sources=tuple(str(s) for s in comp["sources"]),
-            parents=tuple(str(s) for s in comp.get("parents", ())),
-            version=int(data["version"]),
-        )
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -197,46 +101,6 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-class _SegmentWriter:
-    """Appends chunk records to numbered segment files, cutting a new one when full."""
-
-    def __init__(self, directory: Path, segment_size: int) -> None:
-        self.directory, self.segment_size = directory, segment_size
-        self.number, self.pos = 0, 0
-        self.file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> int:
-        need = RECORD_LENGTH.size + len(data) + RECORD_CRC.size
-        if self.file is None or (
-            self.pos > SEGMENT_HEADER.size and self.pos + need > self.segment_size
-        ):
-            self._cut()
-        assert self.file is not None
-        if self.pos + need > _MAX_OFFSET:
-            raise ValueError(f"chunk of {len(data)} bytes does not fit a segment")
-        ref = (self.number << 32) | self.pos
-        length = RECORD_LENGTH.pack(len(data))
-        self.file.write(length)
-        self.file.write(data)
-        self.file.write(RECORD_CRC.pack(crc32c(data, crc32c(length))))
-        self.pos += need
-        return ref
-
-    def _cut(self) -> None:
-        self.close()
-        self.number += 1
-        self.file = open(self.directory / f"{self.number:06d}", "xb")
-        self.file.write(SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION))
-        self.pos = SEGMENT_HEADER.size
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            self.file = None
 
 
 def _check_labels(labels: Labels) -> None:
@@ -584,57 +448,6 @@ class Block:
         """Every series with its chunk metas, in label order."""
         for ref in self.index.all_postings().tolist():
             yield self.index.series(ref)
-
-
-# --- compaction ----------------------------------------------------------------------------
-
-
-def compact(
-    blocks: Sequence[Block],
-    out_dir: Path,
-    *,
-    block_id: str | None = None,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-) -> BlockMeta:
-    """Merge blocks into one (e.g. three 2h blocks into a 6h block), chunks copied as they are.
-
-    A series found in several blocks gets all their chunks; a chunk present twice (same kind,
-    range and bytes, as when overlapping blocks are compacted) is kept once.
-    """
-    if not blocks:
-        raise ValueError("nothing to compact")
-    resolutions = {b.meta.resolution_ms for b in blocks}
-    if len(resolutions) != 1:
-        raise ValueError(f"cannot compact blocks of different resolutions {sorted(resolutions)}")
-    merged: dict[Labels, list[tuple[Block, ChunkMeta]]] = {}
-    for b in blocks:
-        for labels, chunks in b.iter_series():
-            merged.setdefault(labels, []).extend((b, c) for c in chunks)
-
-    def series() -> Iterator[tuple[Labels, Iterator[PendingChunk]]]:
-        for labels in sorted(merged):
-            yield labels, chunks_of(labels, merged.pop(labels))
-
-    def chunks_of(labels: Labels, chunks: list[tuple[Block, ChunkMeta]]) -> Iterator[PendingChunk]:
-        seen: set[tuple[ChunkKind, int, int, bytes]] = set()
-        for b, c in sorted(chunks, key=lambda bc: (bc[1].kind, bc[1].mint, bc[1].maxt)):
-            data = b.chunk_bytes(c.ref, labels)
-            key = (c.kind, c.mint, c.maxt, data)
-            if key not in seen:
-                seen.add(key)
-                yield c.kind, c.mint, c.maxt, c.samples, data
-
-    return write_chunks(
-        out_dir,
-        series(),
-        resolution_ms=resolutions.pop(),
-        block_id=block_id,
-        time_range=(min(b.meta.min_time for b in blocks), max(b.meta.max_time for b in blocks)),
-        level=max(b.meta.level for b in blocks) + 1,
-        sources=[s for b in blocks for s in b.meta.sources],
-        parents=[b.meta.id for b in blocks],
-        segment_size=segment_size,
-    )
 
 
 # --- the data directory ---------------------------------------------------------------------

@@ -107,13 +107,15 @@ def _check(timestamps: TimestampArray, values: ValueArray) -> tuple[TimestampArr
         raise ValueError(f"{len(ts)} timestamps but {len(vs)} values")
     if len(ts) > MAX_ENCODABLE:
         raise ValueError(f"a chunk holds at most {MAX_ENCODABLE} samples, got {len(ts)}")
-    if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
-        raise ValueError("timestamps must be strictly increasing")
+    # Equal neighbours are allowed: a downsampled counter chunk repeats its last timestamp to
+    # carry the raw value (downsample.py); the head itself only ever appends increasing times.
+    if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+        raise ValueError("timestamps must not decrease")
     return ts, vs
 
 
 def encode(timestamps: TimestampArray, values: ValueArray) -> bytes:
-    """Compress samples (timestamps strictly increasing) into one self-delimiting chunk."""
+    """Compress samples (timestamps non-decreasing) into one self-delimiting chunk."""
     ts, vs = _check(timestamps, values)
     n = len(ts)
     out = bytearray(HEADER.pack(ENCODING_XOR << 12 | n))

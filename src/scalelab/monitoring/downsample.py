@@ -33,7 +33,6 @@ import numpy as np
 import numpy.typing as npt
 
 from scalelab.monitoring.block import (
-    DEFAULT_SEGMENT_SIZE,
     Block,
     BlockMeta,
     Encode,
@@ -42,8 +41,8 @@ from scalelab.monitoring.block import (
     write_chunks,
 )
 from scalelab.monitoring.errors import StorageError
-from scalelab.monitoring.index import AGGREGATE_KINDS, ChunkKind, ChunkMeta
 from scalelab.monitoring.model import Labels, TimestampArray, ValueArray, format_labels
+from scalelab.monitoring.segments import AGGREGATE_KINDS, DEFAULT_SEGMENT_SIZE, ChunkKind, ChunkMeta
 
 RESOLUTION_RAW = 0
 RESOLUTION_1M = 60_000

@@ -45,7 +45,7 @@ hold up to 32 GiB). An entry, then zero padding to the next multiple of 8:
              varint   chunk ref - previous chunk's ref      (0 before the first chunk)
 
 A chunk ref is (segment number << 32) | (byte offset of the chunk record in that segment
-file); block.py owns the segment files.
+file); segments.py owns the segment files and defines `ChunkMeta`.
 
 Postings payload: lists back to back, each at a multiple of 4 (they are all u32):
 
@@ -76,21 +76,20 @@ padding be zero, which makes every byte of the file checked on open.
 
 from __future__ import annotations
 
-import enum
 import mmap
 import re
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from awscrt.checksums import crc32c as _crc32c
 
 from scalelab.monitoring.errors import StorageError
 from scalelab.monitoring.model import Labels, Matcher, MatchType, format_labels
+from scalelab.monitoring.segments import ChunkKind as ChunkKind  # tsdb.py imports it from here
+from scalelab.monitoring.segments import ChunkMeta, crc32c
 
 MAGIC = b"SLTI"
 VERSION = 1
@@ -113,42 +112,7 @@ _MAX_U32 = (1 << 32) - 1
 UInt32Array = npt.NDArray[np.uint32]
 IntArray = npt.NDArray[np.int64]
 
-
-class ChunkKind(enum.IntEnum):
-    """What a chunk holds: raw samples, or one aggregate of a downsampled block."""
-
-    RAW = 0
-    COUNT = 1
-    SUM = 2
-    MIN = 3
-    MAX = 4
-    COUNTER = 5
-
-
-AGGREGATE_KINDS = (ChunkKind.COUNT, ChunkKind.SUM, ChunkKind.MIN, ChunkKind.MAX, ChunkKind.COUNTER)
 _KIND_BY_CODE = {int(k): k for k in ChunkKind}
-
-
-class ChunkMeta(NamedTuple):
-    """Where a chunk is and what it covers (a NamedTuple: decoded by the thousand per query)."""
-
-    kind: ChunkKind
-    mint: int
-    maxt: int
-    samples: int
-    ref: int
-
-    @property
-    def segment(self) -> int:
-        return self.ref >> 32
-
-    @property
-    def offset(self) -> int:
-        return self.ref & _MAX_U32
-
-
-def crc32c(data: bytes | bytearray | memoryview, previous: int = 0) -> int:
-    return int(_crc32c(data, previous))
 
 
 # --- encoding -------------------------------------------------------------------------------

@@ -10,17 +10,19 @@ inhibited alerts are left out; resolved alerts are sent once and then dropped fr
 
 A failed send is retried with exponential backoff and full jitter (the injected seeded
 `random.Random`) until the group's next flush; the per-integration delivery state machine is
-the table `DELIVERY_TRANSITIONS`. Time is injected (`clock`, `sleep`): `tick(now)` does one
-step on virtual time for tests, `run()` loops on it for the server.
+the table `DELIVERY_TRANSITIONS` in delivery.py. Time is injected (`clock`, `sleep`):
+`tick(now)` does one step on virtual time for tests, `run()` loops on it for the server.
 
 Times are float seconds since the epoch. What Alertmanager persists besides silences (its
 notification log) is kept in memory here: after a restart a still-firing group notifies again.
+
+The alert as it comes in (`Alert`, its fingerprint, how repeats merge) is in alert_intake.py,
+the routing tree and receivers list in routing.py, the integrations in receivers.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import math
@@ -29,12 +31,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
+from scalelab.monitoring.alert_intake import Alert, _merge, _Stored, _str_map, fingerprint
+from scalelab.monitoring.delivery import Delivery, DeliveryEvent, _Delivery, _LogEntry, needs_update
 from scalelab.monitoring.errors import BadData
 from scalelab.monitoring.model import (
     Labels,
@@ -48,11 +52,9 @@ from scalelab.monitoring.model import (
 from scalelab.monitoring.receivers import (
     ConfigError,
     DeliveryError,
-    Integration,
     Notification,
     NotifiedAlert,
     SendContext,
-    parse_rfc3339,
     register_receiver,
     rfc3339,
 )
@@ -66,11 +68,8 @@ from scalelab.monitoring.routing import (
 from scalelab.monitoring.silences import Silences, parse_matcher
 
 __all__ = [
-    "DELIVERY_TRANSITIONS",
     "Alert",
     "ConfigError",
-    "Delivery",
-    "DeliveryEvent",
     "InhibitRule",
     "Notifier",
     "NotifyConfig",
@@ -86,180 +85,7 @@ log = logging.getLogger(__name__)
 MAX_IDLE = 60.0  # run() looks again at least this often (silences expire, alerts time out)
 
 
-# --- alerts ---------------------------------------------------------------------------------
-
-
-def fingerprint(labels: Mapping[str, str]) -> str:
-    """Prometheus's label-set fingerprint: FNV-1a 64 over sorted name, 0xff, value, 0xff."""
-    h = 0xCBF29CE484222325
-    for name in sorted(labels):
-        for part in (name, labels[name]):
-            for byte in part.encode() + b"\xff":
-                h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
-@dataclass(frozen=True)
-class Alert:
-    """An alert as Alertmanager's API v2 takes it (a "postable alert").
-
-    `starts_at`/`ends_at` are float seconds since the epoch; None means "not given": the start
-    becomes the time it arrives, the end `global.resolve_timeout` later unless it is sent
-    again. An alert whose end has passed is resolved.
-    """
-
-    labels: dict[str, str]
-    annotations: dict[str, str] = field(default_factory=dict)
-    starts_at: float | None = None
-    ends_at: float | None = None
-    generator_url: str = ""
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.labels)
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Alert:
-        """One element of POST /api/v2/alerts (RFC 3339 times)."""
-        if not isinstance(obj, Mapping):
-            raise BadData(f"alert must be a JSON object, got {type(obj).__name__}")
-        gen = obj.get("generatorURL", "")
-        if not isinstance(gen, str):
-            raise BadData("alert: generatorURL must be a string")
-        return cls(
-            labels=_str_map(obj.get("labels"), "labels"),
-            annotations=_str_map(obj.get("annotations") or {}, "annotations"),
-            starts_at=parse_rfc3339(obj.get("startsAt", ""), "startsAt"),
-            ends_at=parse_rfc3339(obj.get("endsAt", ""), "endsAt"),
-            generator_url=gen,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "labels": dict(self.labels),
-            "annotations": dict(self.annotations),
-            "startsAt": rfc3339(self.starts_at),
-            "endsAt": rfc3339(self.ends_at),
-            "generatorURL": self.generator_url,
-        }
-
-
-def _str_map(value: Any, what: str) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise BadData(f"alert: {what} must map strings to strings")
-    return dict(value)
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """An alert as held here: times filled in, end possibly set by resolve_timeout."""
-
-    alert: Alert
-    fp: str
-    labels: Labels
-    starts_at: float
-    ends_at: float
-    timeout: bool
-    updated_at: float
-
-    def resolved(self, now: float) -> bool:
-        return self.ends_at <= now
-
-
-def _merge(old: _Stored | None, new: _Stored, now: float) -> _Stored:
-    """The same alert again: while the two activity windows overlap it is one incident, so
-    the earliest start is kept and an explicit end is not undone by a timeout guess."""
-    if old is None or not (new.starts_at < old.ends_at and old.starts_at < new.ends_at):
-        return new
-    start = min(old.starts_at, new.starts_at)
-    end = new.ends_at
-    if new.resolved(now):
-        if old.resolved(now) and old.ends_at > end:
-            end = old.ends_at
-    elif old.ends_at > end and not old.timeout:
-        end = old.ends_at
-    return replace(new, starts_at=start, ends_at=end)
-
-
-# --- aggregation groups and deliveries ------------------------------------------------------
-
-
-class Delivery(enum.Enum):
-    """Where one integration's notification for one flush stands."""
-
-    IDLE = "idle"  # nothing outstanding
-    SENDING = "sending"  # an attempt is in flight
-    BACKOFF = "backoff"  # an attempt failed; the next one is scheduled
-
-
-class DeliveryEvent(enum.Enum):
-    SEND = "send"  # a flush decided to notify, or a scheduled retry came due
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # retryable, and the next attempt fits before the group's next flush
-    GAVE_UP = "gave_up"  # not retryable, out of time, or the deadline passed while waiting
-
-
-# Every legal transition; anything else is a bug and raises.
-DELIVERY_TRANSITIONS: dict[tuple[Delivery, DeliveryEvent], Delivery] = {
-    (Delivery.IDLE, DeliveryEvent.SEND): Delivery.SENDING,
-    (Delivery.SENDING, DeliveryEvent.SUCCEEDED): Delivery.IDLE,
-    (Delivery.SENDING, DeliveryEvent.FAILED): Delivery.BACKOFF,
-    (Delivery.SENDING, DeliveryEvent.GAVE_UP): Delivery.IDLE,
-    (Delivery.BACKOFF, DeliveryEvent.SEND): Delivery.SENDING,
-    (Delivery.BACKOFF, DeliveryEvent.GAVE_UP): Delivery.IDLE,
-}
-
-
-@dataclass(frozen=True)
-class _LogEntry:
-    """What an integration was last told (Alertmanager's notification log entry)."""
-
-    firing: frozenset[str]
-    resolved: frozenset[str]
-    at: float
-
-
-def needs_update(
-    entry: _LogEntry | None,
-    firing: frozenset[str],
-    resolved: frozenset[str],
-    send_resolved: bool,
-    repeat_interval: float,
-    now: float,
-) -> bool:
-    """The dedup rule: send when something the receiver cares about changed, or to repeat."""
-    if entry is None:
-        return bool(firing)  # a group that only ever had resolved alerts stays quiet
-    if not firing <= entry.firing:
-        return True  # an alert it was not told about is firing
-    if not firing:
-        return bool(entry.firing)  # everything it knew to be firing has resolved
-    if send_resolved and not resolved <= entry.resolved:
-        return True
-    return entry.at <= now - repeat_interval
-
-
-@dataclass(eq=False)
-class _Delivery:
-    """One integration of a group's receiver: its dedup log and the attempt in progress."""
-
-    receiver: str
-    integration: Integration
-    state: Delivery = Delivery.IDLE
-    log: _LogEntry | None = None
-    notification: Notification | None = None
-    pending_log: _LogEntry | None = None
-    attempts: int = 0
-    retry_at: float = 0.0
-    deadline: float = 0.0
-
-    def step(self, event: DeliveryEvent) -> None:
-        try:
-            self.state = DELIVERY_TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise RuntimeError(f"delivery: no transition from {self.state} on {event}") from None
+# --- aggregation groups ---------------------------------------------------------------------
 
 
 @dataclass(eq=False)

@@ -3,438 +3,46 @@
 Each group is evaluated on its interval, rules in order, all at the group's evaluation
 timestamp, as Prometheus 2.42 does. A recording rule writes its result as a new series. An
 alerting rule keeps one alert per output label set; how an alert moves between inactive,
-pending and firing is the table `TRANSITIONS` below (the only place states change), with
-`for`, `keep_firing_for` and the 15-minute memory of resolved alerts as Prometheus has them.
-Every evaluation writes `ALERTS` and `ALERTS_FOR_STATE` series and a staleness marker for
+pending and firing is the table `TRANSITIONS` in alert_state.py (the only place states change),
+with `for`, `keep_firing_for` and the 15-minute memory of resolved alerts as Prometheus has
+them. Every evaluation writes `ALERTS` and `ALERTS_FOR_STATE` series and a staleness marker for
 each series a rule stopped producing. Alerts due for (re)sending go to the injected `notify`.
 
 Time is passed in: `evaluate_group_at(group, t_ms)` is what tests drive; `run()` derives the
 timestamps from the injected clock and sleeps with the injected sleep.
+
+This module is the `RuleManager`: loading rule files, scheduling groups, writing their results
+and the rules and alerts API views. What one rule and one group do in an evaluation is in
+rulegroup.py, an alert's states in alert_state.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import math
 import os
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote_plus
 
-from scalelab.monitoring.errors import ExecutionError
-from scalelab.monitoring.model import (
-    METRIC_NAME,
-    STALE_NAN,
-    Appender,
-    Labels,
-    labels_of,
-    with_label,
-    without,
-)
-from scalelab.monitoring.rulefile import (
-    AlertingRuleSpec,
-    GroupSpec,
-    RecordingRuleSpec,
-    RuleFileError,
-    expand_globs,
-    load_files,
+from scalelab.monitoring.alert_state import Alert
+from scalelab.monitoring.gofmt import go_float_e, rfc3339_ms
+from scalelab.monitoring.model import STALE_NAN, Appender, Labels, labels_of
+from scalelab.monitoring.rulefile import RuleFileError, expand_globs, load_files
+from scalelab.monitoring.rulegroup import (
+    AlertingRule,
+    Engine,
+    EvalContext,
+    Evaluator,
+    Group,
+    Rule,
+    engine_evaluator,
 )
 from scalelab.monitoring.settings import MonitoringSettings
-from scalelab.monitoring.template import alert_data, expand, sample
 
 log = logging.getLogger(__name__)
-
-RESOLVED_RETENTION_MS = 15 * 60_000  # resolved alerts are still sent (and kept) this long
-ALERT_METRIC = "ALERTS"
-ALERT_FOR_STATE_METRIC = "ALERTS_FOR_STATE"
-ZERO_TIME = "0001-01-01T00:00:00Z"
-
-Evaluator = Callable[[str, int], list[tuple[Labels, float]]]
-"""Instant query at a millisecond timestamp; a scalar result is one unlabeled element."""
-
-
-class Engine(Protocol):
-    """The PromQL engine's instant query, whose value renders as the API's `data`."""
-
-    def instant(self, query: str, time_ms: int) -> Any: ...
-
-
-def results_from_json(data: Mapping[str, Any]) -> list[tuple[Labels, float]]:
-    """The `data` of an /api/v1/query answer as rule results (Prometheus's EngineQueryFunc)."""
-    kind = data.get("resultType")
-    if kind == "vector":
-        return [(labels_of(s["metric"]), float(s["value"][1])) for s in data["result"]]
-    if kind == "scalar":
-        return [((), float(data["result"][1]))]
-    raise ExecutionError("rule result is not a vector or scalar")
-
-
-def engine_evaluator(engine: Engine) -> Evaluator:
-    """Adapt `promql.Engine` to the evaluator rules use."""
-
-    def evaluate(query: str, t_ms: int) -> list[tuple[Labels, float]]:
-        return results_from_json(engine.instant(query, t_ms).to_json())
-
-    return evaluate
-
-
-# --------------------------------------------------------------------------- alert state
-
-
-class AlertState(enum.Enum):
-    INACTIVE = "inactive"
-    PENDING = "pending"
-    FIRING = "firing"
-
-
-class Observation(enum.Enum):
-    """What one evaluation says about one alert (see `observe`)."""
-
-    PRESENT_WAITING = "in the result, `for` not yet elapsed"
-    PRESENT_DUE = "in the result, `for` elapsed"
-    ABSENT_HOLDING = "not in the result, firing and within keep_firing_for"
-    ABSENT = "not in the result"
-    ABSENT_EXPIRED = "not in the result, resolved more than 15 minutes ago"
-
-
-class Effect(enum.Flag):
-    NONE = 0
-    RESTART = enum.auto()  # a new alert: activeAt = now, fired/resolved/hold cleared
-    UPDATE = enum.auto()  # present again: new value and annotations, keep-firing cleared
-    FIRE = enum.auto()  # firedAt = now
-    HOLD = enum.auto()  # keepFiringSince = now, unless already holding
-    RESOLVE = enum.auto()  # resolvedAt = now
-    FORGET = enum.auto()  # drop the alert: pending ones vanish, resolved ones expire
-
-
-St, Ob, Ef = AlertState, Observation, Effect
-TRANSITIONS: dict[tuple[AlertState, Observation], tuple[AlertState, Effect]] = {
-    (St.INACTIVE, Ob.PRESENT_WAITING): (St.PENDING, Ef.RESTART),
-    (St.INACTIVE, Ob.PRESENT_DUE): (St.FIRING, Ef.RESTART | Ef.FIRE),
-    (St.INACTIVE, Ob.ABSENT_HOLDING): (St.INACTIVE, Ef.NONE),
-    (St.INACTIVE, Ob.ABSENT): (St.INACTIVE, Ef.NONE),
-    (St.INACTIVE, Ob.ABSENT_EXPIRED): (St.INACTIVE, Ef.FORGET),
-    (St.PENDING, Ob.PRESENT_WAITING): (St.PENDING, Ef.UPDATE),
-    (St.PENDING, Ob.PRESENT_DUE): (St.FIRING, Ef.UPDATE | Ef.FIRE),
-    (St.PENDING, Ob.ABSENT_HOLDING): (St.INACTIVE, Ef.FORGET),
-    (St.PENDING, Ob.ABSENT): (St.INACTIVE, Ef.FORGET),
-    (St.PENDING, Ob.ABSENT_EXPIRED): (St.INACTIVE, Ef.FORGET),
-    (St.FIRING, Ob.PRESENT_WAITING): (St.FIRING, Ef.UPDATE),
-    (St.FIRING, Ob.PRESENT_DUE): (St.FIRING, Ef.UPDATE),
-    (St.FIRING, Ob.ABSENT_HOLDING): (St.FIRING, Ef.HOLD),
-    (St.FIRING, Ob.ABSENT): (St.INACTIVE, Ef.RESOLVE),
-    (St.FIRING, Ob.ABSENT_EXPIRED): (St.INACTIVE, Ef.RESOLVE),
-}
-del St, Ob, Ef
-
-
-@dataclass
-class Alert:
-    """One alert of an alerting rule; times are epoch milliseconds."""
-
-    labels: Labels
-    annotations: Labels  # sorted (name, value); unlike labels, empty values are kept
-    state: AlertState
-    active_at_ms: int
-    value: float
-    fired_at_ms: int | None = None
-    resolved_at_ms: int | None = None
-    keep_firing_since_ms: int | None = None
-    last_sent_at_ms: int | None = None
-    valid_until_ms: int | None = None
-    generator_url: str = ""
-
-    @property
-    def starts_at_ms(self) -> int | None:
-        return self.fired_at_ms
-
-    @property
-    def ends_at_ms(self) -> int | None:
-        """Resolved: when; firing: how long the alert stays valid without a resend."""
-        return self.resolved_at_ms if self.resolved_at_ms is not None else self.valid_until_ms
-
-    def to_postable(self) -> dict[str, Any]:
-        """Alertmanager API v2 `postableAlert`."""
-        return {
-            "labels": dict(self.labels),
-            "annotations": dict(self.annotations),
-            "startsAt": rfc3339_ms(self.starts_at_ms),
-            "endsAt": rfc3339_ms(self.ends_at_ms),
-            "generatorURL": self.generator_url,
-        }
-
-    def needs_sending(self, ts: int, resend_delay_ms: int) -> bool:
-        if self.state is AlertState.PENDING:
-            return False
-        if self.last_sent_at_ms is None:
-            return True
-        if self.resolved_at_ms is not None and self.resolved_at_ms > self.last_sent_at_ms:
-            return True
-        return self.last_sent_at_ms + resend_delay_ms < ts
-
-
-def observe(
-    alert: Alert | None, present: bool, ts: int, for_ms: int, keep_firing_for_ms: int
-) -> Observation:
-    """Classify one alert at one evaluation; `TRANSITIONS` then says what happens."""
-    if present:
-        restarting = alert is None or alert.state is AlertState.INACTIVE
-        active_at = ts if restarting or alert is None else alert.active_at_ms
-        return Observation.PRESENT_DUE if ts - active_at >= for_ms else Observation.PRESENT_WAITING
-    assert alert is not None
-    if alert.state is AlertState.FIRING and keep_firing_for_ms > 0:
-        since = ts if alert.keep_firing_since_ms is None else alert.keep_firing_since_ms
-        if ts - since < keep_firing_for_ms:
-            return Observation.ABSENT_HOLDING
-    if alert.resolved_at_ms is not None and ts - alert.resolved_at_ms > RESOLVED_RETENTION_MS:
-        return Observation.ABSENT_EXPIRED
-    return Observation.ABSENT
-
-
-def step(
-    alert: Alert | None,
-    observation: Observation,
-    ts: int,
-    fresh: Alert | None = None,
-) -> Alert | None:
-    """Apply the table to one alert; `fresh` is this evaluation's alert for its label set
-    (value, annotations). Returns the alert to keep, or None to forget it."""
-    state = AlertState.INACTIVE if alert is None else alert.state
-    new_state, effect = TRANSITIONS[(state, observation)]
-    if Effect.FORGET in effect:
-        return None
-    if Effect.RESTART in effect:
-        assert fresh is not None
-        alert = replace(fresh, active_at_ms=ts)
-    assert alert is not None
-    if Effect.UPDATE in effect:
-        assert fresh is not None
-        alert.value, alert.annotations = fresh.value, fresh.annotations
-        alert.keep_firing_since_ms = None
-    if Effect.FIRE in effect:
-        alert.fired_at_ms = ts
-    if Effect.HOLD in effect and alert.keep_firing_since_ms is None:
-        alert.keep_firing_since_ms = ts
-    if Effect.RESOLVE in effect:
-        alert.resolved_at_ms = ts
-    alert.state = new_state
-    return alert
-
-
-# --------------------------------------------------------------------------------- rules
-
-
-@dataclass
-class EvalContext:
-    """What rules need from their manager while evaluating."""
-
-    evaluator: Evaluator
-    external_labels: dict[str, str]
-    external_url: str
-
-
-@dataclass
-class RuleStatus:
-    """What the rules API reports of a rule's last evaluation."""
-
-    health: str = "unknown"  # "ok" | "err" | "unknown", as the API reports it
-    last_error: str = ""
-    last_evaluation_ms: int | None = None
-    evaluation_time_s: float = 0.0
-
-
-class RecordingRule:
-    """Stores its expression's result under a new metric name, with the rule's labels."""
-
-    def __init__(self, spec: RecordingRuleSpec) -> None:
-        self.spec = spec
-        self.status = RuleStatus()
-
-    @property
-    def name(self) -> str:
-        return self.spec.record
-
-    def evaluate(self, ctx: EvalContext, ts: int, limit: int) -> list[tuple[Labels, float]]:
-        out: list[tuple[Labels, float]] = []
-        seen: set[Labels] = set()
-        for labels, value in ctx.evaluator(self.spec.expr, ts):
-            labels = with_label(labels, METRIC_NAME, self.spec.record)
-            for k, v in self.spec.labels.items():
-                labels = with_label(labels, k, v)
-            if labels in seen:
-                raise ExecutionError(
-                    "vector contains metrics with the same labelset after applying rule labels"
-                )
-            seen.add(labels)
-            out.append((labels, value))
-        if limit > 0 and len(out) > limit:
-            raise ExecutionError(f"exceeded limit of {limit} with {len(out)} series")
-        return out
-
-
-class AlertingRule:
-    """Keeps one alert per output label set, moved through `TRANSITIONS` each evaluation."""
-
-    def __init__(self, spec: AlertingRuleSpec) -> None:
-        self.spec = spec
-        self.status = RuleStatus()
-        self.active: dict[Labels, Alert] = {}
-
-    @property
-    def name(self) -> str:
-        return self.spec.alert
-
-    def state(self) -> AlertState:
-        """The rule's state: its most advanced alert's."""
-        states = {a.state for a in self.active.values()}
-        for s in (AlertState.FIRING, AlertState.PENDING):
-            if s in states:
-                return s
-        return AlertState.INACTIVE
-
-    def active_alerts(self) -> list[Alert]:
-        """Pending and firing alerts (resolved ones are kept only for sending)."""
-        alerts = [a for a in self.active.values() if a.state is not AlertState.INACTIVE]
-        return sorted(alerts, key=lambda a: a.labels)
-
-    def _fresh_alerts(self, ctx: EvalContext, ts: int) -> dict[Labels, Alert]:
-        """This evaluation's result as alerts, labels and annotations expanded."""
-        results = ctx.evaluator(self.spec.expr, ts)
-
-        def query(q: str) -> list[Any]:
-            # Sorted as Prometheus's storage returns series, so `first` is deterministic.
-            return [sample(dict(lbls), v) for lbls, v in sorted(ctx.evaluator(q, ts))]
-
-        fresh: dict[Labels, Alert] = {}
-        for labels, value in results:
-            data = alert_data(dict(labels), ctx.external_labels, ctx.external_url, value)
-            url = ctx.external_url
-            out = without(labels, [METRIC_NAME])
-            for name, tmpl in self.spec.label_templates.items():
-                out = with_label(out, name, expand(tmpl, data, query=query, external_url=url))
-            out = with_label(out, "alertname", self.spec.alert)
-            annotations = tuple(
-                sorted(
-                    (n, expand(t, data, query=query, external_url=url))
-                    for n, t in self.spec.annotation_templates.items()
-                )
-            )
-            if out in fresh:
-                raise ExecutionError(
-                    "vector contains metrics with the same labelset after applying alert labels"
-                )
-            fresh[out] = Alert(out, annotations, AlertState.PENDING, ts, value)
-        return fresh
-
-    def evaluate(self, ctx: EvalContext, ts: int, limit: int) -> list[tuple[Labels, float]]:
-        fresh = self._fresh_alerts(ctx, ts)
-        spec = self.spec
-        for labels in list(self.active.keys() | fresh.keys()):
-            current = self.active.get(labels)
-            obs = observe(current, labels in fresh, ts, spec.for_ms, spec.keep_firing_for_ms)
-            kept = step(current, obs, ts, fresh.get(labels))
-            if kept is None:
-                self.active.pop(labels, None)
-            else:
-                self.active[labels] = kept
-        live = self.active_alerts()
-        if limit > 0 and len(live) > limit:
-            self.active = {}
-            raise ExecutionError(f"exceeded limit of {limit} with {len(live)} alerts")
-        out: list[tuple[Labels, float]] = []
-        base = labels_of(spec.labels)  # unexpanded, as Prometheus builds these series
-        for a in live:
-            merged = dict(base) | dict(a.labels)
-            alerts = merged | {METRIC_NAME: ALERT_METRIC, "alertstate": a.state.value}
-            for_state = merged | {METRIC_NAME: ALERT_FOR_STATE_METRIC}
-            out.append((labels_of(alerts), 1.0))
-            out.append((labels_of(for_state), float(a.active_at_ms // 1000)))
-        return out
-
-    def alerts_to_send(self, ts: int, resend_delay_ms: int, interval_ms: int) -> list[Alert]:
-        """Copies of the alerts due for (re)sending; marks them sent."""
-        out = []
-        for a in sorted(self.active.values(), key=lambda a: a.labels):
-            if a.needs_sending(ts, resend_delay_ms):
-                a.last_sent_at_ms = ts
-                a.valid_until_ms = ts + 4 * max(resend_delay_ms, interval_ms)
-                out.append(replace(a))
-        return out
-
-
-Rule = RecordingRule | AlertingRule
-
-
-def _rule_key(rule: Rule) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    kind = "alert" if isinstance(rule, AlertingRule) else "record"
-    return kind, rule.name, tuple(sorted(rule.spec.labels.items()))
-
-
-class Group:
-    """A rule group at run time: its rules, their state and the series they last wrote."""
-
-    def __init__(self, spec: GroupSpec, default_interval_ms: int) -> None:
-        self.spec = spec
-        self.interval_ms = spec.interval_ms or default_interval_ms
-        self.rules: list[Rule] = [
-            RecordingRule(r) if isinstance(r, RecordingRuleSpec) else AlertingRule(r)
-            for r in spec.rules
-        ]
-        self.previous_series: list[set[Labels]] = [set() for _ in self.rules]
-        self.stale_series: list[Labels] = []  # of rules removed by a reload
-        self.last_evaluation_ms: int | None = None
-        self.evaluation_time_s = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def file(self) -> str:
-        return self.spec.file
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.spec.file, self.spec.name
-
-    def offset_ms(self) -> int:
-        """Where in its interval this group runs, so groups spread out (stable per group)."""
-        return zlib.crc32(f"{self.name};{self.file}".encode()) % self.interval_ms
-
-    def next_evaluation_ms(self, now_ms: int) -> int:
-        """The first evaluation timestamp after now on this group's grid."""
-        adjusted = now_ms - self.offset_ms()
-        return adjusted - adjusted % self.interval_ms + self.offset_ms() + self.interval_ms
-
-    def copy_state(self, old: Group) -> None:
-        """Carry alerts and written series over a reload, matching rules by name and labels;
-        series of rules that went away get staleness markers at the next evaluation."""
-        self.last_evaluation_ms = old.last_evaluation_ms
-        self.evaluation_time_s = old.evaluation_time_s
-        unmatched: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[int]] = {}
-        for i, rule in enumerate(old.rules):
-            unmatched.setdefault(_rule_key(rule), []).append(i)
-        for i, rule in enumerate(self.rules):
-            candidates = unmatched.get(_rule_key(rule))
-            if not candidates:
-                continue
-            j = candidates.pop(0)
-            self.previous_series[i] = old.previous_series[j]
-            previous = old.rules[j]
-            if isinstance(rule, AlertingRule) and isinstance(previous, AlertingRule):
-                rule.active = previous.active
-        self.stale_series = list(old.stale_series)
-        for indexes in unmatched.values():
-            for j in indexes:
-                self.stale_series.extend(old.previous_series[j])
 
 
 # ------------------------------------------------------------------------------- manager
@@ -745,50 +353,7 @@ def _alert_json(a: Alert) -> dict[str, Any]:
     }
 
 
-def rfc3339_ms(t_ms: int | None) -> str:
-    """Go's RFC3339Nano of a millisecond timestamp in UTC; None is Go's zero time."""
-    if t_ms is None:
-        return ZERO_TIME
-    dt = datetime.fromtimestamp(t_ms // 1000, UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if t_ms % 1000:
-        text += "." + f"{t_ms % 1000:03d}".rstrip("0")
-    return text + "Z"
-
-
-def go_float_e(v: float) -> str:
-    """strconv.FormatFloat(v, 'e', -1, 64), how the API prints an alert's value."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    sign = "-" if math.copysign(1.0, v) < 0 else ""
-    if v == 0:
-        return sign + "0e+00"
-    _, digits, exp = Decimal(repr(abs(v))).as_tuple()
-    assert isinstance(exp, int)
-    ds = "".join(map(str, digits))
-    stripped = ds.rstrip("0")
-    e = len(ds) + exp - 1
-    mant = stripped[0] + ("." + stripped[1:] if len(stripped) > 1 else "")
-    return f"{sign}{mant}e{'-' if e < 0 else '+'}{abs(e):02d}"
-
-
 __all__ = [
-    "ALERT_FOR_STATE_METRIC",
-    "ALERT_METRIC",
     "Alert",
-    "AlertState",
-    "AlertingRule",
-    "Effect",
-    "Evaluator",
-    "Group",
-    "Observation",
-    "RecordingRule",
     "RuleManager",
-    "TRANSITIONS",
-    "engine_evaluator",
-    "observe",
-    "results_from_json",
-    "step",
 ]

@@ -22,19 +22,15 @@ from typing import Any
 
 import yaml
 
+from scalelab.monitoring.alert_state import AlertState
 from scalelab.monitoring.errors import MonitoringError
+from scalelab.monitoring.gofmt import go_float_e
 from scalelab.monitoring.memory import MemoryStorage
 from scalelab.monitoring.model import STALE_NAN, Labels
 from scalelab.monitoring.promql import Engine
 from scalelab.monitoring.rulefile import RuleFileError, format_duration, parse_duration_ms
-from scalelab.monitoring.rules import (
-    AlertingRule,
-    AlertState,
-    Evaluator,
-    RuleManager,
-    engine_evaluator,
-    go_float_e,
-)
+from scalelab.monitoring.rulegroup import AlertingRule, Evaluator, engine_evaluator
+from scalelab.monitoring.rules import RuleManager
 
 FILE_FIELDS = {"rule_files", "evaluation_interval", "group_eval_order", "tests"}
 GROUP_FIELDS = {"interval", "input_series", "name", "alert_rule_test", "promql_expr_test"}

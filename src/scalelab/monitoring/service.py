@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,8 +34,8 @@ from scalelab.monitoring.query_cache import ResultsCache
 from scalelab.monitoring.routing import load_config as load_notify_config
 from scalelab.monitoring.rules import Alert, RuleManager
 from scalelab.monitoring.scrape import ScrapeManager
-from scalelab.monitoring.scrape_config import Config, load_config_file
-from scalelab.monitoring.settings import DAY_MS, MonitoringSettings
+from scalelab.monitoring.scrape_config import Config, load_config, load_config_file
+from scalelab.monitoring.settings import DAY_MS, SCALELAB_TARGETS, MonitoringSettings
 from scalelab.monitoring.tsdb import TSDB
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,15 @@ class Monitoring:
 
     def _scrape_config(self) -> Config:
         path = self.settings.scrape_config
-        return load_config_file(path) if path is not None else Config()
+        if path is not None:
+            return load_config_file(path)
+        # No config: scrape whatever `scalelab up` lists (the other systems' /metrics).
+        targets = json.dumps(str(self.settings.data_dir / SCALELAB_TARGETS))
+        return load_config(
+            "scrape_configs:\n  - job_name: scalelab\n    scrape_interval: 15s\n"
+            "    file_sd_configs:\n"
+            f"      - files: [{targets}]\n        refresh_interval: 5s\n"
+        )
 
     def engine(self, timeout_ms: int | None = None) -> Engine:
         timeout = self.settings.query_timeout_s

@@ -11,6 +11,10 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
+# file_sd targets `scalelab up` writes under the monitoring folder: every system's /metrics,
+# scraped by the default config (the one used when no scrape_config is given).
+SCALELAB_TARGETS = "targets/scalelab.json"
+
 
 @dataclass(frozen=True)
 class MonitoringSettings(SystemSettings):
@@ -18,7 +22,9 @@ class MonitoringSettings(SystemSettings):
 
     port: int = setting(9090, "port of the Prometheus-compatible HTTP API (0 picks a free port)")
     scrape_config: Path | None = setting(
-        None, "Prometheus-style YAML with global: and scrape_configs: (default: scrape nothing)"
+        None,
+        "Prometheus-style YAML with global: and scrape_configs: (default: the systems that "
+        "`scalelab up` started)",
     )
     alertmanager_config: Path | None = setting(
         None, "Alertmanager-style YAML (route:, receivers:) for notifications (default: none)"
