@@ -169,3 +169,10 @@ def test_bad_resolutions() -> None:
     with pytest.raises(ValueError, match="multiple"):
         ds.downsample_aggregates(ds.downsample(t, v, 60_000), 90_000)
     assert len(ds.downsample_aggregates(ds.Aggregates.empty(60_000), 3_600_000)) == 0
+
+
+def test_infinities_of_both_signs_aggregate_to_nan_without_warnings() -> None:
+    agg = ds.downsample(
+        np.array([0, 1000, 2000, 3000]), np.array([1.0, np.inf, -np.inf, 2.0]), 60_000
+    )
+    assert np.isnan(agg.sum[0]) and agg.min[0] == -np.inf and agg.max[0] == np.inf

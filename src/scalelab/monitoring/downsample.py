@@ -50,6 +50,10 @@ RESOLUTION_1H = 3_600_000
 
 Decode = Callable[[bytes], tuple[TimestampArray, ValueArray]]
 
+# +Inf and -Inf in one window make inf - inf (counter increases) and inf + -inf (sums): NaN is
+# the right aggregate there, and numpy's warning about it is not an error.
+_INF_ARITHMETIC = np.errstate(invalid="ignore", over="ignore")
+
 
 @dataclass(frozen=True, slots=True)
 class Aggregates:
@@ -135,6 +139,7 @@ def _monotonic(v: ValueArray) -> ValueArray:
     return mono
 
 
+@_INF_ARITHMETIC
 def downsample(timestamps: TimestampArray, values: ValueArray, resolution_ms: int) -> Aggregates:
     """Aggregate raw samples into windows of resolution_ms."""
     _check_resolution(resolution_ms)
@@ -166,6 +171,7 @@ def downsample_chunks(chunks: Iterable[bytes], resolution_ms: int, decode: Decod
     return downsample(t, v, resolution_ms)
 
 
+@_INF_ARITHMETIC
 def apply_counter_resets(
     timestamps: TimestampArray, values: ValueArray
 ) -> tuple[TimestampArray, ValueArray, float]:
@@ -193,6 +199,7 @@ def apply_counter_resets(
     return out_t, mono, float(v[-1])
 
 
+@_INF_ARITHMETIC
 def downsample_aggregates(aggr: Aggregates, resolution_ms: int) -> Aggregates:
     """Aggregate already-downsampled windows into coarser ones (1m -> 1h)."""
     _check_resolution(resolution_ms)

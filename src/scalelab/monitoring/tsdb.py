@@ -153,9 +153,11 @@ class TSDB:
     def maintain(self, now_ms: int | None = None) -> list[BlockMeta]:
         """Compact the head, downsample, apply retention; the blocks written."""
         with self._maintenance:
-            written = self._compact_head()
-            written += self._downsample()
-            self._apply_retention(now_ms)
+            try:
+                written = self._compact_head()
+                written += self._downsample()
+            finally:  # a failing step must not keep old blocks past their retention
+                self._apply_retention(now_ms)
             return written
 
     def _compact_head(self) -> list[BlockMeta]:
