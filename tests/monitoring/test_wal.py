@@ -248,7 +248,7 @@ def test_concurrent_commits_share_one_fsync(
             assert release.wait(10)
         real(fd)
 
-    monkeypatch.setattr(wal.os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
     first = threading.Thread(target=log.commit, args=([(1, UP)],))
     first.start()
     assert entered.wait(10)  # the first commit is inside its fdatasync
@@ -272,7 +272,7 @@ def test_a_failed_fsync_poisons_the_log(tmp_path: Path, monkeypatch: pytest.Monk
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(wal.os, "fdatasync", broken)
+    monkeypatch.setattr(os, "fdatasync", broken)
     with pytest.raises(StorageError, match="Input/output error"):
         log.commit([(1, UP)])
     monkeypatch.undo()

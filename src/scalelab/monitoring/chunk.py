@@ -6,7 +6,9 @@ Prometheus's XOR chunk. Our delta-of-delta buckets differ from Prometheus's (14/
 scrape timestamps carry a few ms of jitter, so most deltas-of-deltas are small but not zero,
 and narrow buckets make those cost ~6 bits instead of ~16 (measured in tests/monitoring/
 test_chunk.py against Prometheus's buckets on the same data). Values round-trip bit for bit:
-NaN payloads (the staleness marker among them), -0.0 and infinities.
+NaN payloads (the staleness marker among them), -0.0 and infinities. Timestamps may be any
+int64 that do not decrease: the head appends strictly increasing ones, and downsampled counter
+chunks (downsample.py) repeat their last timestamp.
 
 A chunk is self-delimiting (it holds its sample count), so block files store it opaquely next
 to a checksum of their own. Format (integers big-endian unless said otherwise):
@@ -15,7 +17,7 @@ to a checksum of their own. Format (integers big-endian unless said otherwise):
     0      2     u16: encoding in the top 4 bits (1 = this XOR encoding, version 1),
                  sample count n in the low 12 bits (so a chunk holds at most 4095 samples)
     2      var   (n >= 1) t0, the first timestamp: zigzag varint (LEB128, 1..10 bytes)
-           var   (n >= 2) t1 - t0: unsigned varint (LEB128, 1..10 bytes)
+           var   (n >= 2) t1 - t0 (mod 2**64): unsigned varint (LEB128, 1..10 bytes)
            bits  a bit stream, most significant bit first, zero-padded to a whole byte:
                  (n >= 3) n-2 delta-of-delta codes, for t2 .. t(n-1)
                  (n >= 1) 64 bits: v0's IEEE-754 bit pattern

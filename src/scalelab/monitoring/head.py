@@ -13,6 +13,10 @@ never sees a sample a crash could take back, and replaying the WAL rebuilds the 
 Locks: `_commit_lock` orders validation and WAL writes; `_lock` guards series, postings and
 sample buffers (held briefly; queries copy what they need and decode outside it);
 `_applied` hands visibility over in WAL order. Chunks are encoded outside every lock.
+
+Memory, measured with 6-label series: ~2 KB per series (labels, postings sets, the series
+object), 16 bytes per sample in the open chunk and ~2.3 bytes per sample in cut chunks.
+The head reads no clock: every time it deals with is a sample's timestamp.
 """
 
 from __future__ import annotations
