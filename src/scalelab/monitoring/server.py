@@ -16,6 +16,7 @@ from scalelab.monitoring.api import install
 from scalelab.monitoring.metrics import MonitoringCollector
 from scalelab.monitoring.service import Monitoring
 from scalelab.monitoring.settings import MonitoringSettings
+from scalelab.monitoring.ui import install_ui
 from scalelab.web import HTTPServer
 from scalelab.web import create_app as create_web_app
 
@@ -40,6 +41,7 @@ def create_app(settings: MonitoringSettings, *, clock: Callable[[], float] = tim
     app.state.service = service
     app.state.metrics_registry.register(MonitoringCollector(service))
     install(app, service)
+    install_ui(app)
     return app
 
 
