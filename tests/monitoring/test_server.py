@@ -208,3 +208,98 @@ def test_rules_fire_and_show_in_the_api(make_server: Callable[..., str], tmp_pat
     assert [r["type"] for r in groups[0]["rules"]] == ["recording", "alerting"]
     assert wait_for(lambda: query(url, "job:pushed:max")["result"])[0]["value"][1] == "42"
     assert wait_for(lambda: query(url, "ALERTS")["result"])[0]["metric"]["alertstate"] == "firing"
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP endpoint collecting what Alertmanager-style webhooks POST."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_alert_reaches_a_webhook_unless_silenced_and_reload_keeps_good_rules(
+    make_server: Callable[..., str],
+    tmp_path: Path,
+    webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    hook, received = webhook
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        "groups:\n  - name: g\n    interval: 100ms\n    rules:\n"
+        "      - alert: Hot\n        expr: temp > 30\n        labels: {severity: page}\n"
+    )
+    am = tmp_path / "alertmanager.yml"
+    am.write_text(
+        "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 100ms\n"
+        "  group_interval: 200ms\n  repeat_interval: 1h\n"
+        f"receivers:\n  - name: hook\n    webhook_configs:\n      - url: {hook}\n"
+    )
+    url = make_server(rule_files=str(rules), alertmanager_config=am)
+    now = int(time.time())
+    lines = f"temp room=lab {now} 35\ntemp room=attic {now} 40\n"
+    assert httpx.post(f"{url}/api/v1/push", content=lines.encode()).status_code == 204
+
+    payload = wait_for(lambda: received)[0]
+    assert payload["version"] == "4" and payload["status"] == "firing"
+    assert payload["receiver"] == "hook" and payload["groupLabels"] == {"alertname": "Hot"}
+    assert sorted(a["labels"]["room"] for a in payload["alerts"]) == ["attic", "lab"]
+
+    silence = {
+        "matchers": [{"name": "room", "value": "lab", "isRegex": False, "isEqual": True}],
+        "startsAt": "2020-01-01T00:00:00Z",
+        "endsAt": "2100-01-01T00:00:00Z",
+        "createdBy": "test",
+        "comment": "maintenance",
+    }
+    reply = httpx.post(f"{url}/api/v2/silences", json=silence)
+    assert reply.status_code == 200, reply.text
+    silence_id = reply.json()["silenceID"]
+    states = {s["id"]: s["status"]["state"] for s in httpx.get(f"{url}/api/v2/silences").json()}
+    assert states[silence_id] == "active"
+    alerts = httpx.get(f"{url}/api/v2/alerts").json()
+
+    def state_of(room: str) -> str:
+        found = [a for a in alerts if a["labels"]["room"] == room]
+        return str(found[0]["status"]["state"]) if found else "missing"
+
+    alerts = wait_for(lambda: httpx.get(f"{url}/api/v2/alerts").json())
+    assert state_of("lab") == "suppressed" and state_of("attic") == "active"
+    assert httpx.delete(f"{url}/api/v2/silence/{silence_id}").status_code == 200
+    assert httpx.get(f"{url}/api/v2/silence/nosuch").status_code == 404
+
+    rules.write_text(
+        "groups:\n  - name: g\n    rules:\n      - alert: Broken\n        expr: sum((\n"
+    )
+    reply = httpx.post(f"{url}/-/reload")
+    assert reply.status_code == 500 and "parse" in reply.text.lower()
+    groups = httpx.get(f"{url}/api/v1/rules").json()["data"]["groups"]
+    assert [r["name"] for r in groups[0]["rules"]] == ["Hot"]  # the old rules stay
+    rules.write_text(
+        "groups:\n  - name: g\n    rules:\n      - record: temp:max\n        expr: max(temp)\n"
+    )
+    assert httpx.post(f"{url}/-/reload").status_code == 200
+    groups = httpx.get(f"{url}/api/v1/rules").json()["data"]["groups"]
+    assert [r["name"] for r in groups[0]["rules"]] == ["temp:max"]
