@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from scalelab.monitoring import errors, model
-from scalelab.monitoring.scrape import ScrapeManager, default_http_client, global_url, rfc3339
+from scalelab.monitoring.params import rfc3339
+from scalelab.monitoring.scrape import ScrapeManager, default_http_client, global_url
 from scalelab.monitoring.scrape_config import Config, ScrapeConfig, load_config
 
 T = TypeVar("T")

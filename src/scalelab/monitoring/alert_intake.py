@@ -14,7 +14,8 @@ from typing import Any
 
 from scalelab.monitoring.errors import BadData
 from scalelab.monitoring.model import Labels
-from scalelab.monitoring.receivers import parse_rfc3339, rfc3339
+from scalelab.monitoring.params import rfc3339
+from scalelab.monitoring.receivers import parse_rfc3339
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:

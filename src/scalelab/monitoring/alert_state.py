@@ -13,8 +13,8 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from scalelab.monitoring.gofmt import rfc3339_ms
 from scalelab.monitoring.model import Labels
+from scalelab.monitoring.params import rfc3339_ms
 
 RESOLVED_RETENTION_MS = 15 * 60_000  # resolved alerts are still sent (and kept) this long
 

@@ -5,7 +5,7 @@ and times in its API) follows Go's fmt, strconv and time packages. Those rules l
 from the template language that is their main user (template.py), so that the rules API views
 and promtool's messages (rules.py, ruletest.py) share them: fmt's %v and %g (`go_format_value`,
 `go_g`), fmt.Sprintf's verbs (`go_sprintf`), strconv.Quote (`go_quote`), FormatFloat(v, 'e',
--1) (`go_float_e`) and RFC3339Nano (`rfc3339_ms`). So do the values those functions take: a Go
+-1) (`go_float_e`) (RFC3339Nano is in params.py). So do the values those functions take: a Go
 struct (`GoStruct`), Go's type names (`go_type`), and text/template's truth and "<no value>".
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -241,9 +240,9 @@ def _fmt_one(arg: Any, flags: str, width: int | None, prec: int | None, verb: st
                 arg, ("" if width is None else ("0" if "0" in flags else "") + str(width)) + verb
             )
         if verb == "c":
-            return chr(arg)
+            return _rune(arg)
         if verb == "q":
-            return "'" + chr(arg) + "'"
+            return "'" + _rune(arg) + "'"
         return bad
     if isinstance(arg, str):
         if verb in "vs":
@@ -261,18 +260,13 @@ def _fmt_one(arg: Any, flags: str, width: int | None, prec: int | None, verb: st
 
 # ------------------------------------------------------------------ strconv and time
 
-ZERO_TIME = "0001-01-01T00:00:00Z"
 
-
-def rfc3339_ms(t_ms: int | None) -> str:
-    """Go's RFC3339Nano of a millisecond timestamp in UTC; None is Go's zero time."""
-    if t_ms is None:
-        return ZERO_TIME
-    dt = datetime.fromtimestamp(t_ms // 1000, UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if t_ms % 1000:
-        text += "." + f"{t_ms % 1000:03d}".rstrip("0")
-    return text + "Z"
+def _rune(code: int) -> str:
+    """Go's conversion of an int to a rune: invalid code points (negative, surrogates, past
+    U+10FFFF) become U+FFFD."""
+    if 0 <= code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+        return chr(code)
+    return "\ufffd"
 
 
 def go_float_e(v: float) -> str:

@@ -21,13 +21,14 @@ import smtplib
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
 
 import httpx
 
 from scalelab.monitoring.errors import BadData
+from scalelab.monitoring.params import ZERO_TIME, duration_ms, rfc3339
 
 __all__ = [
     "ConfigError",
@@ -51,7 +52,6 @@ __all__ = [
     "webhook_payload",
 ]
 
-ZERO_TIME = "0001-01-01T00:00:00Z"
 USER_AGENT = "scalelab-alertmanager/0.1"
 
 
@@ -70,18 +70,6 @@ class DeliveryError(Exception):
 # --- wire formats shared by receivers, silences and the API -------------------------------
 
 
-def rfc3339(t: float | None) -> str:
-    """Seconds since the epoch as RFC 3339 UTC, trailing zeros of the fraction dropped (Go's
-    RFC3339Nano); None is the zero time Alertmanager sends for "unknown"."""
-    if t is None:
-        return ZERO_TIME
-    dt = datetime.fromtimestamp(t, UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if dt.microsecond:
-        text += "." + f"{dt.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
 def parse_rfc3339(text: str, name: str = "time") -> float | None:
     """The inverse of `rfc3339`; the zero time (and "") mean None."""
     if not isinstance(text, str):
@@ -97,32 +85,14 @@ def parse_rfc3339(text: str, name: str = "time") -> float | None:
     return dt.timestamp()
 
 
-# Largest unit first, as Prometheus requires; "ms" is tried before "m" when reading.
-_UNIT_SECONDS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0}
-_UNIT_SECONDS |= {"m": 60.0, "s": 1.0, "ms": 0.001}
-_ORDER = list(_UNIT_SECONDS)
-_TRY = sorted(_ORDER, key=len, reverse=True)
-
-
 def parse_duration(value: object, where: str) -> float:
     """A Prometheus duration string (`1h30m`, `30s`, `100ms`, `0`) in float seconds."""
     if not isinstance(value, str) or not value:
         raise ConfigError(_at(where, f"expected a duration string like '30s', got {value!r}"))
-    if value == "0":
-        return 0.0
-    total, rest, last = 0.0, value, -1
-    while rest:
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        if digits == 0:
-            raise ConfigError(_at(where, f"not a valid duration string: {value!r}"))
-        number, rest = int(rest[:digits]), rest[digits:]
-        unit = next((u for u in _TRY if rest.startswith(u)), None)
-        if unit is None or _ORDER.index(unit) <= last:
-            raise ConfigError(_at(where, f"not a valid duration string: {value!r}"))
-        last = _ORDER.index(unit)
-        total += number * _UNIT_SECONDS[unit]
-        rest = rest[len(unit) :]
-    return total
+    try:
+        return duration_ms(value) / 1000
+    except ValueError:
+        raise ConfigError(_at(where, f"not a valid duration string: {value!r}")) from None
 
 
 # --- config field helpers, for the built-ins and for plugin factories ---------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,21 +19,11 @@ import yaml
 
 from scalelab.monitoring.errors import BadData
 from scalelab.monitoring.model import METRIC_NAME, valid_label_name, valid_metric_name
+from scalelab.monitoring.params import duration_ms as parse_duration_ms
+from scalelab.monitoring.params import format_duration
 from scalelab.monitoring.template import Template, TemplateError
 from scalelab.monitoring.template import parse as parse_template
 
-_DURATION = re.compile(
-    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?\Z"
-)
-_UNITS_MS = (
-    ("y", 365 * 86_400_000),
-    ("w", 7 * 86_400_000),
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-)
 GROUP_FIELDS = ("name", "interval", "limit", "rules")
 RULE_FIELDS = ("record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations")
 
@@ -45,30 +34,6 @@ class RuleFileError(BadData):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-def parse_duration_ms(text: str) -> int:
-    """Prometheus's duration syntax (`1h30m`, `5m`, `0`), in milliseconds."""
-    if text == "":
-        raise ValueError("empty duration string")
-    if text == "0":
-        return 0
-    m = _DURATION.match(text)
-    if not m or not any(m.groups()):
-        raise ValueError(f'not a valid duration string: "{text}"')
-    return sum(int(g) * unit for g, (_, unit) in zip(m.groups(), _UNITS_MS, strict=True) if g)
-
-
-def format_duration(ms: int) -> str:
-    """Prometheus's model.Duration.String: `1m30s`, `1d`, `0s`."""
-    if ms == 0:
-        return "0s"
-    out = []
-    for unit, size in _UNITS_MS:
-        if ms >= size:
-            out.append(f"{ms // size}{unit}")
-            ms %= size
-    return "".join(out)
 
 
 def display_query(expr: str) -> str:

@@ -28,8 +28,9 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from scalelab.monitoring.alert_state import Alert
-from scalelab.monitoring.gofmt import go_float_e, rfc3339_ms
+from scalelab.monitoring.gofmt import go_float_e
 from scalelab.monitoring.model import STALE_NAN, Appender, Labels, labels_of
+from scalelab.monitoring.params import rfc3339_ms
 from scalelab.monitoring.rulefile import RuleFileError, expand_globs, load_files
 from scalelab.monitoring.rulegroup import (
     AlertingRule,

@@ -31,7 +31,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Generator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +43,7 @@ from scalelab.monitoring.discovery import (
     build_targets,
     static_groups,
 )
+from scalelab.monitoring.params import rfc3339
 from scalelab.monitoring.scrape_config import Config, ScrapeConfig, format_duration
 from scalelab.monitoring.scrape_loop import (
     REPORT_SERIES,
@@ -78,11 +78,9 @@ __all__ = [
     "TargetStatus",
     "default_http_client",
     "global_url",
-    "rfc3339",
 ]
 
 USER_AGENT = "scalelab-scraper/0.1"
-_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 class _SecretAuth(httpx.Auth):
@@ -379,15 +377,6 @@ def _active_json(t: TargetStatus, hostname: str) -> dict[str, Any]:
         "scrapeInterval": format_duration(t.interval),
         "scrapeTimeout": format_duration(t.timeout),
     }
-
-
-def rfc3339(seconds: float | None) -> str:
-    """Go's RFC3339Nano in UTC (trailing zeros trimmed); Go's zero time for 'never'."""
-    if seconds is None:
-        return _ZERO_TIME
-    dt = datetime.fromtimestamp(seconds, UTC)
-    frac = f"{dt.microsecond:06d}".rstrip("0")
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
 
 
 def global_url(url: str, hostname: str) -> str:

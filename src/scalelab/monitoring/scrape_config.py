@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from scalelab.monitoring import errors, model
+from scalelab.monitoring import errors, model, params
 from scalelab.monitoring.relabel import RelabelConfig, parse_relabel_configs
 
 DEFAULT_SCRAPE_INTERVAL = 60.0
@@ -27,18 +27,6 @@ DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEFAULT_EVALUATION_INTERVAL = 60.0
 DEFAULT_FILE_SD_REFRESH = 300.0
 
-_DURATION = re.compile(
-    r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?\Z"
-)
-_UNITS_MS = (
-    ("y", 365 * 86_400_000),
-    ("w", 7 * 86_400_000),
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-)
 _FILE_SD_PATH = re.compile(r"[^*]*(\*[^/]*)?\.(json|yml|yaml|JSON|YML|YAML)\Z")
 
 # Top-level and global keys that belong to other parts of a Prometheus server.
@@ -92,30 +80,19 @@ _JOB_KEYS = {
 
 def parse_duration(text: Any, where: str) -> float:
     """Prometheus's duration syntax -> seconds; BadData naming `where` when it is not one."""
-    if not isinstance(text, str) or not text:
-        raise errors.BadData(f"{where}: {text!r} is not a valid duration (e.g. 15s, 1m, 1h30m)")
-    if text == "0":
-        return 0.0
-    m = _DURATION.match(text)
-    if m is None or not any(m.groups()):
-        raise errors.BadData(f"{where}: {text!r} is not a valid duration (e.g. 15s, 1m, 1h30m)")
-    ms = sum(int(g) * mult for g, (_, mult) in zip(m.groups(), _UNITS_MS, strict=True) if g)
-    return ms / 1000
+    try:
+        if not isinstance(text, str):
+            raise ValueError
+        return params.duration_ms(text) / 1000
+    except ValueError:
+        raise errors.BadData(
+            f"{where}: {text!r} is not a valid duration (e.g. 15s, 1m, 1h30m)"
+        ) from None
 
 
 def format_duration(seconds: float) -> str:
     """Seconds -> Prometheus's canonical spelling (`90` -> `1m30s`, `0` -> `0s`)."""
-    ms = round(seconds * 1000)
-    if ms <= 0:
-        return "0s"
-    out: list[str] = []
-    for unit, mult in _UNITS_MS:
-        if unit in ("y", "w") and ms % mult:
-            continue  # years and weeks only when exact: 90d reads better than 12w6d
-        if ms >= mult:
-            out.append(f"{ms // mult}{unit}")
-            ms %= mult
-    return "".join(out)
+    return params.format_duration(round(seconds * 1000))
 
 
 @dataclass(frozen=True, slots=True)

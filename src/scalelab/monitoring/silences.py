@@ -33,7 +33,8 @@ from typing import Any
 
 from scalelab.monitoring.errors import BadData, NotFound, StorageError
 from scalelab.monitoring.model import Labels, Matcher, MatchType, matches_all, valid_label_name
-from scalelab.monitoring.receivers import parse_rfc3339, rfc3339
+from scalelab.monitoring.params import rfc3339
+from scalelab.monitoring.receivers import parse_rfc3339
 
 __all__ = [
     "Silence",
