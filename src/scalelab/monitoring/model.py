@@ -208,12 +208,18 @@ class MetricMetadata:
 
 def float_repr(value: float) -> str:
     """A sample value as Prometheus's JSON API writes it: Go's FormatFloat(v, 'f', -1, 64),
-    the shortest digits that round-trip, never an exponent; "NaN", "+Inf", "-Inf"."""
+    the shortest digits that round-trip, never an exponent; "NaN", "+Inf", "-Inf".
+
+    Python's repr has the same shortest digits, so it is the answer whenever it shows no
+    exponent (the hot path of every query result); Decimal spells out the rest."""
+    text = repr(value)
+    if "e" not in text and "n" not in text:  # no exponent, not inf or nan
+        return text[:-2] if text.endswith(".0") else text
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    text = format(Decimal(repr(value)), "f")
+    text = format(Decimal(text), "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text

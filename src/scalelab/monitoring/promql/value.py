@@ -165,13 +165,7 @@ def check_unique(labels: list[Labels]) -> None:
 # --- public results -------------------------------------------------------------------------
 
 
-def format_value(value: float) -> str:
-    """model.float_repr, with a fast path: Python's repr has the same shortest digits as Go's
-    FormatFloat(v, 'f', -1) whenever it does not switch to an exponent."""
-    text = repr(value)
-    if "e" in text or "n" in text:  # exponents, inf, nan
-        return float_repr(value)
-    return text[:-2] if text.endswith(".0") else text
+format_value = float_repr  # the name the engine and its tests use
 
 
 def _point(t_ms: int, value: float) -> list[Any]:
