@@ -19,11 +19,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from scalelab.monitoring import remote_write
-from scalelab.monitoring.server import create_app
-from scalelab.monitoring.settings import MonitoringSettings
-from scalelab.web import ServerThread
 
 from .promql_parity import PrometheusMissing, prometheus_binaries, run_prometheus
+from .support import running_server, wait_for
 
 WAIT_S = 30.0  # bound on every wait for data to travel exporter -> Prometheus -> us
 
@@ -53,23 +51,8 @@ def exporter() -> Iterator[Exporter]:
 
 @pytest.fixture
 def ours(tmp_path: Path) -> Iterator[str]:
-    settings = MonitoringSettings.from_env({}, data=tmp_path / "ours", port=0)
-    server = ServerThread(create_app(settings)).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout}s")
-        time.sleep(0.1)
+    with running_server(tmp_path / "ours") as url:
+        yield url
 
 
 def query(url: str, q: str, **params: Any) -> list[dict[str, Any]]:
@@ -119,14 +102,14 @@ def test_prometheus_remote_writes_what_it_scrapes(
 
             return check
 
-        (series,) = wait_for("the exporter's counter", jobs_done("7"))
+        (series,) = wait_for(jobs_done("7"), WAIT_S, "the exporter's counter")
         assert series["metric"] == {
             "__name__": "jobs_done_total",
             "instance": instance,
             "job": "app",
             "queue": "fast",
         }
-        (up,) = wait_for("up", lambda: query(ours, 'up{job="app"} == 1'))
+        (up,) = wait_for(lambda: query(ours, 'up{job="app"} == 1'), WAIT_S, "up")
         assert up["metric"] == {"__name__": "up", "instance": instance, "job": "app"}
         gauge = query(ours, "temperature_celsius")
         assert [(g["metric"]["instance"], g["value"][1]) for g in gauge] == [(instance, "21.5")]
@@ -135,17 +118,18 @@ def test_prometheus_remote_writes_what_it_scrapes(
         # the stream goes on: a change at the exporter reaches us
         exporter.jobs.labels("fast").inc(5)
         exporter.temperature.set(-3.25)
-        wait_for("the counter's new value", jobs_done("12"))
+        wait_for(jobs_done("12"), WAIT_S, "the counter's new value")
         wait_for(
-            "the gauge's new value",
             lambda: [g for g in query(ours, "temperature_celsius") if g["value"][1] == "-3.25"],
+            WAIT_S,
+            "the gauge's new value",
         )
 
         def metadata() -> Any:
             reply = httpx.get(f"{ours}/api/v1/metadata", params={"metric": "temperature_celsius"})
             return reply.json()["data"]
 
-        assert wait_for("the metadata", metadata) == {
+        assert wait_for(metadata, WAIT_S, "the metadata") == {
             "temperature_celsius": [{"type": "gauge", "help": "Temperature", "unit": ""}]
         }
 

@@ -3,6 +3,7 @@ pushes, and Prometheus's HTTP API read back with httpx, on a real server on port
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,20 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from scalelab.monitoring import remote_write
-from scalelab.monitoring.server import create_app
-from scalelab.monitoring.settings import MonitoringSettings
-from scalelab.web import ServerThread
 
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
+from .support import running_server, wait_for
 
 
 @pytest.fixture
@@ -45,17 +34,10 @@ def exporter() -> Iterator[str]:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    started: list[ServerThread] = []
-
-    def make(**overrides: Any) -> str:
-        settings = MonitoringSettings.from_env({}, data=tmp_path / "data", port=0, **overrides)
-        server = ServerThread(create_app(settings)).start()
-        started.append(server)
-        return server.url
-
-    yield make
-    for server in started:
-        server.stop()
+    with contextlib.ExitStack() as stack:
+        yield lambda **overrides: stack.enter_context(
+            running_server(tmp_path / "data", **overrides)
+        )
 
 
 def query(url: str, q: str, **params: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from scalelab.monitoring.server import create_app
 from scalelab.monitoring.settings import MonitoringSettings
 from scalelab.web import ServerThread
 
+from .support import running_server, wait_for
+
 UPLOT_VERSION = "1.6.32"
 ROOT = Path(__file__).resolve().parents[2]
 UI_FILES = ["index.html", "app.js", "style.css"]
@@ -41,25 +43,10 @@ CSS = "text/css; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s (last: {result!r})")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    settings = MonitoringSettings.from_env({}, data=tmp_path / "data", port=0)
-    thread = ServerThread(create_app(settings)).start()
-    try:
-        yield thread.url
-    finally:
-        thread.stop()
+    with running_server(tmp_path / "data") as url:
+        yield url
 
 
 class _Refs(HTMLParser):
