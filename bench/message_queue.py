@@ -43,7 +43,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import run_main  # noqa: E402
 from _s3 import free_port, spawn, stop_group, tree_cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -829,17 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="0,5",
         help="comma-separated linger.ms values of the latency producer, one run each",
     )
-    args = parser.parse_args(argv)
-    # SIGTERM becomes SystemExit and SIGINT KeyboardInterrupt, so the cleanups still run.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        report, ok = run(Plan.from_args(args))
-    except KeyboardInterrupt:
-        log("interrupted: servers and loaders stopped, temp dir removed")
-        return 130
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0 if ok else 1
+    return run_main(parser.parse_args(argv), lambda args: run(Plan.from_args(args)), log)
 
 
 if __name__ == "__main__":

