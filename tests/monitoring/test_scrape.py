@@ -40,6 +40,11 @@ async def settle(rounds: int = 60) -> None:
         await asyncio.sleep(0)
 
 
+async def inline(fn: Callable[..., Any], /, *args: Any) -> Any:
+    """Parse and commit on the loop itself: virtual time cannot wait for a thread."""
+    return fn(*args)
+
+
 class VirtualClock:
     """A wall clock and `sleep` on virtual time."""
 
@@ -224,6 +229,7 @@ def with_rig(
         parse=fake_parse,
         accept_header="text/plain;version=0.0.4",
         offset_seed=offset_seed,
+        run_blocking=inline,
     )
     rig = Rig(clock, net, store, manager)
 

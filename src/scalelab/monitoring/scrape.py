@@ -53,6 +53,7 @@ from scalelab.monitoring.scrape_loop import (
     Health,
     LoopDeps,
     ParseFn,
+    RunBlocking,
     ScrapeCounters,
     ScrapeLoop,
     Sleep,
@@ -256,6 +257,7 @@ class ScrapeManager:
         parse: ParseFn = exposition.parse,
         accept_header: str = exposition.ACCEPT_HEADER,
         offset_seed: int = 0,
+        run_blocking: RunBlocking = asyncio.to_thread,
     ) -> None:
         self.counters = ScrapeCounters()
         self._config = config
@@ -267,6 +269,7 @@ class ScrapeManager:
             accept_header=accept_header,
             counters=self.counters,
             offset_seed=offset_seed,
+            run_blocking=run_blocking,
         )
         self._http_client_factory = http_client_factory
         self._pools: dict[str, ScrapePool] = {}

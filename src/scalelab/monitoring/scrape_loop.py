@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -37,6 +37,7 @@ ParseFn = Callable[[bytes, str | None], model.Exposition]
 AppenderFactory = Callable[[], model.Appender]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+RunBlocking = Callable[..., Awaitable[Any]]
 
 REPORT_SERIES = (
     "up",
@@ -118,6 +119,9 @@ class LoopDeps:
     accept_header: str
     counters: ScrapeCounters
     offset_seed: int
+    # runs parsing and commits off the event loop (asyncio.to_thread); tests on virtual time
+    # run them inline
+    run_blocking: RunBlocking
 
 
 class _ScrapeFailed(Exception):
@@ -270,7 +274,9 @@ class ScrapeLoop:
         exposition: model.Exposition | None = None
         try:
             body, content_type = await self._fetch()
-            exposition = deps.parse(body, content_type)
+            # Parsing and the WAL's fdatasync run on worker threads: a big target or a slow
+            # disk must not hold up other targets' scrapes and the API on the event loop.
+            exposition = await deps.run_blocking(deps.parse, body, content_type)
         except asyncio.CancelledError:
             raise
         except errors.ParseError as exc:
@@ -309,7 +315,7 @@ class ScrapeLoop:
         for name, value in zip(REPORT_SERIES, report, strict=True):
             self._append_quietly(app, self._report_labels[name], t_ms, value)
         try:
-            app.commit()
+            await deps.run_blocking(app.commit)
         except Exception as exc:
             log.warning("commit of the scrape of %s failed: %s", self.spec.url, exc)
             error = error or f"storage: {exc}"
