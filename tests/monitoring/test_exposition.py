@@ -41,7 +41,7 @@ from scalelab.monitoring.exposition import (
 from scalelab.monitoring.model import Exposition, MetricMetadata, MetricType, labels_of
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared/data/openmetrics/parsers"
+CONFORMANCE = Path(__file__).resolve().parent / "data" / "openmetrics" / "parsers"
 
 Row = tuple[tuple[tuple[str, str], ...], object, int | None]
 

@@ -15,10 +15,8 @@ from scalelab.monitoring.model import MetricMetadata, MetricType, is_stale, labe
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-# tests/monitoring/ -> repository root -> its sibling shared/data/.
-CASES_DIR = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "openmetrics" / "parsers"
-)
+# A copy of ../shared/data/openmetrics/parsers kept in the repository (see its README).
+CASES_DIR = Path(__file__).resolve().parent / "data" / "openmetrics" / "parsers"
 if not CASES_DIR.is_dir():
     # A missing corpus must fail the run, not shrink it to nothing.
     raise FileNotFoundError(f"OpenMetrics conformance cases not found at {CASES_DIR}")
