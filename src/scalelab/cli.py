@@ -82,8 +82,11 @@ def serve(system: str, host: str | None, port: int | None, demo: bool, data: Pat
 
     if os.environ.get(_WATCH_PARENT) == "1":
         threading.Thread(target=_exit_with_parent, daemon=True, name="parent watch").start()
-    with contextlib.suppress(KeyboardInterrupt):
-        web.run(server.serve(settings, demo=demo, announce=announce))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            web.run(server.serve(settings, demo=demo, announce=announce))
+    except SettingsError as exc:  # a config file the system read at start-up is wrong
+        raise click.ClickException(str(exc)) from None
 
 
 _WATCH_PARENT = "SCALELAB_EXIT_WITH_PARENT"

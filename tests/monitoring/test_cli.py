@@ -70,3 +70,13 @@ def test_test_rules_passes_and_fails_like_promtool(tmp_path: Path) -> None:
         main, ["monitoring", "test-rules", str(RULES / "availability_test.yml")]
     )
     assert failing.exit_code == 1, failing.output  # the file's "xfail:" groups fail
+
+
+def test_serve_reports_a_broken_config_file_without_a_traceback(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: sum((\n")
+    env = {"SCALELAB_DATA": str(tmp_path / "data"), "SCALELAB_MONITORING_RULE_FILES": str(rules)}
+    out = CliRunner().invoke(main, ["serve", "monitoring", "--port", "0"], env=env)
+    assert out.exit_code == 1, out.output
+    assert "unclosed left parenthesis" in out.output and "Traceback" not in out.output
+    TSDB(tmp_path / "data" / "monitoring" / "tsdb").close()  # the failed start let go of it

@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from scalelab.config import SettingsError
 from scalelab.monitoring.api import install
+from scalelab.monitoring.errors import BadData
 from scalelab.monitoring.metrics import MonitoringCollector
 from scalelab.monitoring.service import Monitoring
 from scalelab.monitoring.settings import MonitoringSettings
@@ -50,6 +52,10 @@ SETTINGS = MonitoringSettings
 
 async def serve(settings: MonitoringSettings, *, demo: bool, announce: Announce) -> None:
     """Run the Prometheus-compatible server until cancelled or signalled."""
-    server = HTTPServer(create_app(settings), settings.host, settings.port)
+    try:
+        app = create_app(settings)
+    except BadData as exc:  # a scrape config, rule file or Alertmanager config that is wrong
+        raise SettingsError(str(exc)) from None
+    server = HTTPServer(app, settings.host, settings.port)
     announce(server.url, {})
     await server.serve()

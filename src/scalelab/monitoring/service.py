@@ -64,27 +64,31 @@ class Monitoring:
             max_series=settings.max_active_series,
             wal_segment_bytes=settings.wal_segment_bytes,
         )
-        self.cache = ResultsCache(settings.query_cache_entries)
-        self.label_cache = remote_write.LabelCache()
-        self.pushed_metadata: dict[str, MetricMetadata] = {}
-        self.samples_rejected = 0
-        self.scrape = ScrapeManager(self._scrape_config(), self.tsdb.appender, clock=clock)
-        notify_config = (
-            load_notify_config(settings.alertmanager_config)
-            if settings.alertmanager_config is not None
-            else NO_RECEIVER
-        )
-        self.notifier = Notifier(notify_config, data_dir=settings.data_dir, clock=clock)
-        files = [f.strip() for f in settings.rule_files.split(",") if f.strip()]
-        self.rules = RuleManager(
-            files,
-            self.engine(),
-            self.tsdb.appender,
-            self._notify,
-            clock=clock,
-            default_interval_s=settings.evaluation_interval_s,
-        )
-        self.rules.load()
+        try:
+            self.cache = ResultsCache(settings.query_cache_entries)
+            self.label_cache = remote_write.LabelCache()
+            self.pushed_metadata: dict[str, MetricMetadata] = {}
+            self.samples_rejected = 0
+            self.scrape = ScrapeManager(self._scrape_config(), self.tsdb.appender, clock=clock)
+            notify_config = (
+                load_notify_config(settings.alertmanager_config)
+                if settings.alertmanager_config is not None
+                else NO_RECEIVER
+            )
+            self.notifier = Notifier(notify_config, data_dir=settings.data_dir, clock=clock)
+            files = [f.strip() for f in settings.rule_files.split(",") if f.strip()]
+            self.rules = RuleManager(
+                files,
+                self.engine(),
+                self.tsdb.appender,
+                self._notify,
+                clock=clock,
+                default_interval_s=settings.evaluation_interval_s,
+            )
+            self.rules.load()
+        except BaseException:  # a bad config file: let go of the TSDB (and its lock)
+            self.tsdb.close()
+            raise
         self._tasks: list[asyncio.Task[None]] = []
 
     def _scrape_config(self) -> Config:
