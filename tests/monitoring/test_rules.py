@@ -1075,3 +1075,67 @@ def test_query_is_shown_as_prometheus_prints_it(tmp_path: Path, expr: str, query
     )
     m, _, _ = manager(tmp_path, text, Series())
     assert m.rules_json()["groups"][0]["rules"][0]["query"] == query
+
+
+SLOW_RULES = """
+groups:
+  - name: g
+    interval: 1m
+    rules:
+      - alert: Down
+        expr: up == 0
+        for: 20m
+"""
+
+
+@pytest.mark.parametrize(
+    ("last_written", "restart", "fires_at"),
+    [
+        # 5 m pending when the last run stopped, back after 7 m down: 15 m left, shifted by
+        # the downtime (Prometheus's rule) -> fires at 12 + 15 = 27 m, not 12 + 20 = 32 m
+        (5 * MIN, 12 * MIN, 27 * MIN),
+        # 15 m pending (5 m left, under the 10 m grace period): fires after the grace period
+        (15 * MIN, 16 * MIN, 26 * MIN),
+        # last run stopped over an hour ago: nothing to restore, the clock starts over
+        (5 * MIN, 70 * MIN, 90 * MIN),
+    ],
+)
+def test_for_state_is_restored_after_a_restart(
+    tmp_path: Path, last_written: int, restart: int, fires_at: int
+) -> None:
+    """The first run wrote ALERTS_FOR_STATE every minute; a new manager reading the same
+    storage (a restart) restores how long the alert had been pending."""
+    storage = MemoryStorage()
+    for_state = labels_of({"__name__": "ALERTS_FOR_STATE", "alertname": "Down", "job": "api"})
+    for t in range(0, last_written + 1, MIN):
+        storage.add(for_state, t, 0.0)  # active since t = 0 (value in seconds)
+    series = Series()
+    up = labels_of({"__name__": "up", "job": "api"})
+    series.table["up == 0"] = lambda t: [(up, 0.0)]
+    m, _rec, _sent = manager(tmp_path, SLOW_RULES, series, querier=storage)
+    rule = m.groups[0].rules[0]
+    assert isinstance(rule, AlertingRule)
+    t = restart
+    while t < fires_at:
+        m.evaluate_group_at("g", t)
+        assert [a.state for a in rule.active.values()] == [AlertState.PENDING], t
+        t += MIN
+    m.evaluate_group_at("g", fires_at)
+    assert [a.state for a in rule.active.values()] == [AlertState.FIRING]
+
+
+def test_restore_happens_once_at_start_up(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+    for_state = labels_of({"__name__": "ALERTS_FOR_STATE", "alertname": "Down", "job": "api"})
+    storage.add(for_state, 5 * MIN, 0.0)
+    series = Series()
+    series.table["up == 0"] = lambda t: [(labels_of({"__name__": "up", "job": "api"}), 0.0)]
+    m, _rec, _sent = manager(tmp_path, SLOW_RULES, series, querier=storage)
+    m.evaluate_group_at("g", 12 * MIN)
+    rule = m.groups[0].rules[0]
+    assert isinstance(rule, AlertingRule)
+    (alert,) = rule.active.values()
+    assert alert.active_at_ms == 7 * MIN  # 0 + the 7 minutes the server was down
+    storage.add(for_state, 12 * MIN, 600.0)  # what a later evaluation reads must not matter
+    m.evaluate_group_at("g", 13 * MIN)
+    assert alert.active_at_ms == 7 * MIN

@@ -27,12 +27,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote_plus
 
-from scalelab.monitoring.alert_state import Alert
+from scalelab.monitoring.alert_state import Alert, AlertState
 from scalelab.monitoring.gofmt import go_float_e
-from scalelab.monitoring.model import STALE_NAN, Appender, Labels, labels_of
+from scalelab.monitoring.model import (
+    METRIC_NAME,
+    STALE_NAN,
+    Appender,
+    Labels,
+    Matcher,
+    Querier,
+    labels_of,
+)
 from scalelab.monitoring.params import rfc3339_ms
 from scalelab.monitoring.rulefile import RuleFileError, expand_globs, load_files
 from scalelab.monitoring.rulegroup import (
+    ALERT_FOR_STATE_METRIC,
     AlertingRule,
     Engine,
     EvalContext,
@@ -65,8 +74,17 @@ class RuleManager:
         default_interval_s: float = 15.0,
         resend_delay_s: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        querier: Querier | None = None,
+        for_grace_period_s: float = 600.0,
+        outage_tolerance_s: float = 3600.0,
     ) -> None:
         self.files = list(files)
+        # Restoring `for` state after a restart (Prometheus's defaults: 10 m grace, 1 h
+        # tolerance) reads the ALERTS_FOR_STATE series the last run wrote.
+        self.querier = querier
+        self.for_grace_ms = round(for_grace_period_s * 1000)
+        self.outage_tolerance_ms = round(outage_tolerance_s * 1000)
+        self._to_restore: set[tuple[str, str]] | None = None  # groups of the first load
         evaluate = engine_evaluator(evaluator) if hasattr(evaluator, "instant") else evaluator
         assert callable(evaluate)
         self.ctx = EvalContext(evaluate, dict(external_labels or {}), external_url)
@@ -123,6 +141,8 @@ class RuleManager:
                     group.copy_state(previous)
                 new.append(group)
             self.groups = new
+            if self._to_restore is None:  # only what ran before a restart has state to restore
+                self._to_restore = {g.key for g in new}
             self.last_error = None
             self._mtimes = mtimes
             self._mark_removed_stale(list(old.values()))
@@ -184,7 +204,48 @@ class RuleManager:
                     batches.append(batch)
             g.last_evaluation_ms = t_ms
             g.evaluation_time_s = self.clock() - started
+            if self._to_restore and g.key in self._to_restore:
+                self._to_restore.discard(g.key)
+                self._restore_for_state(g, t_ms)
         return batches
+
+    def _restore_for_state(self, g: Group, ts: int) -> None:
+        """After the first evaluation since start-up, give pending alerts back the time they
+        had already spent pending, from the newest ALERTS_FOR_STATE sample of the last run
+        (as Prometheus does, so a restart does not reset every `for` clock). An alert that
+        had little left gets at least the grace period; one with a long `for` resumes where
+        it stopped, shifted by the downtime; data older than the outage tolerance is ignored.
+        """
+        if self.querier is None:
+            return
+        for rule in g.rules:
+            if not isinstance(rule, AlertingRule) or rule.spec.for_ms < self.for_grace_ms:
+                continue
+            hold = rule.spec.for_ms
+            for alert in rule.active.values():
+                if alert.state is not AlertState.PENDING:
+                    continue
+                matchers = [Matcher.equal(METRIC_NAME, ALERT_FOR_STATE_METRIC)]
+                matchers += [Matcher.equal(k, v) for k, v in alert.labels]
+                found = self.querier.select(matchers, ts - self.outage_tolerance_ms, ts - 1)
+                if not found or not len(found[0]):
+                    continue
+                down_at = int(found[0].timestamps[-1])
+                active_at = round(float(found[0].values[-1]) * 1000)
+                remaining = hold - (down_at - active_at)
+                if remaining <= 0:
+                    restored = active_at  # it was firing: fire again at the next evaluation
+                elif remaining < self.for_grace_ms:
+                    restored = ts + self.for_grace_ms - hold
+                else:
+                    restored = active_at + (ts - down_at)
+                alert.active_at_ms = restored
+                log.info(
+                    "restored 'for' state of alert %s %s: active since %d",
+                    rule.name,
+                    dict(alert.labels),
+                    restored,
+                )
 
     def _evaluate_rule(self, g: Group, i: int, rule: Rule, ts: int) -> list[Alert]:
         started = self.clock()

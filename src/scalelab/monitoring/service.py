@@ -84,6 +84,7 @@ class Monitoring:
                 self._notify,
                 clock=clock,
                 default_interval_s=settings.evaluation_interval_s,
+                querier=self.tsdb,
             )
             self.rules.load()
         except BaseException:  # a bad config file: let go of the TSDB (and its lock)
