@@ -27,8 +27,8 @@ from scalelab.monitoring.delivery import (
     DELIVERY_TRANSITIONS,
     Delivery,
     DeliveryEvent,
-    _Delivery,
-    _LogEntry,
+    IntegrationDelivery,
+    LogEntry,
     needs_update,
 )
 from scalelab.monitoring.errors import BadData, NotFound
@@ -334,18 +334,18 @@ NONE: frozenset[str] = frozenset()
     [
         (None, F, NONE, True, 0, True),  # first notification
         (None, NONE, R, True, 0, False),  # only resolved alerts, never told: quiet
-        (_LogEntry(F, NONE, 0), F | {"g"}, NONE, True, 10, True),  # a new firing alert
-        (_LogEntry(F, NONE, 0), F, NONE, True, 10, False),  # unchanged
-        (_LogEntry(F, NONE, 0), F, NONE, True, 100, True),  # repeat interval passed
-        (_LogEntry(F, NONE, 0), NONE, R, False, 10, True),  # all resolved, even unwanted
-        (_LogEntry(NONE, R, 0), NONE, R, True, 10, False),  # nothing it knew is firing
-        (_LogEntry(F | R, NONE, 0), F, R, True, 10, True),  # newly resolved, wanted
-        (_LogEntry(F | R, NONE, 0), F, R, False, 10, False),  # newly resolved, unwanted
-        (_LogEntry(F, R, 0), F, R, True, 10, False),  # resolved already told
+        (LogEntry(F, NONE, 0), F | {"g"}, NONE, True, 10, True),  # a new firing alert
+        (LogEntry(F, NONE, 0), F, NONE, True, 10, False),  # unchanged
+        (LogEntry(F, NONE, 0), F, NONE, True, 100, True),  # repeat interval passed
+        (LogEntry(F, NONE, 0), NONE, R, False, 10, True),  # all resolved, even unwanted
+        (LogEntry(NONE, R, 0), NONE, R, True, 10, False),  # nothing it knew is firing
+        (LogEntry(F | R, NONE, 0), F, R, True, 10, True),  # newly resolved, wanted
+        (LogEntry(F | R, NONE, 0), F, R, False, 10, False),  # newly resolved, unwanted
+        (LogEntry(F, R, 0), F, R, True, 10, False),  # resolved already told
     ],
 )
 def test_needs_update(
-    entry: _LogEntry | None,
+    entry: LogEntry | None,
     firing: frozenset[str],
     resolved: frozenset[str],
     send_resolved: bool,
@@ -357,7 +357,7 @@ def test_needs_update(
 
 @pytest.mark.parametrize(("state", "event"), list(itertools.product(Delivery, DeliveryEvent)))
 def test_delivery_transitions_are_exactly_the_table(state: Delivery, event: DeliveryEvent) -> None:
-    d = _Delivery("r", Recorder(), state=state)
+    d = IntegrationDelivery("r", Recorder(), state=state)
     if (state, event) in DELIVERY_TRANSITIONS:
         d.step(event)
         assert d.state is DELIVERY_TRANSITIONS[(state, event)]

@@ -1,8 +1,8 @@
 """Alerts as the notifier takes them in: Alertmanager's API v2 alert, and how it is held.
 
 `Alert` is what `Notifier.receive` takes, from the rule evaluator or POST /api/v2/alerts alike,
-known by its `fingerprint` (Prometheus's label-set hash). `_Stored` is an alert as the notifier
-holds it, its times filled in, and `_merge` is how a repeat of an alert it holds joins it.
+known by its `fingerprint` (Prometheus's label-set hash). `Stored` is an alert as the notifier
+holds it, its times filled in, and `merge_alert` is how a repeat of an alert it holds joins it.
 Split from notify.py, which groups, silences, inhibits and delivers these alerts.
 """
 
@@ -56,8 +56,8 @@ class Alert:
         if not isinstance(gen, str):
             raise BadData("alert: generatorURL must be a string")
         return cls(
-            labels=_str_map(obj.get("labels"), "labels"),
-            annotations=_str_map(obj.get("annotations") or {}, "annotations"),
+            labels=str_map(obj.get("labels"), "labels"),
+            annotations=str_map(obj.get("annotations") or {}, "annotations"),
             starts_at=parse_rfc3339(obj.get("startsAt", ""), "startsAt"),
             ends_at=parse_rfc3339(obj.get("endsAt", ""), "endsAt"),
             generator_url=gen,
@@ -73,7 +73,7 @@ class Alert:
         }
 
 
-def _str_map(value: Any, what: str) -> dict[str, str]:
+def str_map(value: Any, what: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
@@ -82,7 +82,7 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class _Stored:
+class Stored:
     """An alert as held here: times filled in, end possibly set by resolve_timeout."""
 
     alert: Alert
@@ -97,7 +97,7 @@ class _Stored:
         return self.ends_at <= now
 
 
-def _merge(old: _Stored | None, new: _Stored, now: float) -> _Stored:
+def merge_alert(old: Stored | None, new: Stored, now: float) -> Stored:
     """The same alert again: while the two activity windows overlap it is one incident, so
     the earliest start is kept and an explicit end is not undone by a timeout guess."""
     if old is None or not (new.starts_at < old.ends_at and old.starts_at < new.ends_at):

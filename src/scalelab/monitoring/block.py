@@ -43,9 +43,9 @@ from scalelab.monitoring.model import (
     get,
 )
 from scalelab.monitoring.segments import (
-    _MAX_OFFSET,
     AGGREGATE_KINDS,
     DEFAULT_SEGMENT_SIZE,
+    MAX_OFFSET,
     RECORD_CRC,
     RECORD_LENGTH,
     SEGMENT_HEADER,
@@ -53,7 +53,7 @@ from scalelab.monitoring.segments import (
     SEGMENT_VERSION,
     ChunkKind,
     ChunkMeta,
-    _SegmentWriter,
+    SegmentWriter,
     crc32c,
 )
 
@@ -141,7 +141,7 @@ def write_chunks(
     shutil.rmtree(tmp, ignore_errors=True)  # a crashed attempt's leftovers
     try:
         (tmp / "chunks").mkdir(parents=True)
-        writer = _SegmentWriter(tmp / "chunks", segment_size)
+        writer = SegmentWriter(tmp / "chunks", segment_size)
         metas: dict[Labels, list[ChunkMeta]] = {}
         try:
             for labels, chunks in series:
@@ -308,7 +308,7 @@ class Block:
 
     def chunk_bytes(self, ref: int, labels: Labels) -> bytes:
         """A chunk's data, its CRC checked; StorageError names the block and the series."""
-        number, offset = ref >> 32, ref & _MAX_OFFSET
+        number, offset = ref >> 32, ref & MAX_OFFSET
         mm = self._segments.get(number)
         if mm is None:
             try:
@@ -330,7 +330,7 @@ class Block:
     def _chunk_error(self, labels: Labels, ref: int, problem: str) -> StorageError:
         return StorageError(
             f"block {self.meta.id}: series {format_labels(labels)}: "
-            f"chunk {ref >> 32}:{ref & _MAX_OFFSET}: {problem}"
+            f"chunk {ref >> 32}:{ref & MAX_OFFSET}: {problem}"
         )
 
     def read_samples(

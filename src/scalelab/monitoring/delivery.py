@@ -1,10 +1,11 @@
-"""Delivering one group's notification to one integration: its state table and its dedup log.
+"""Delivery of one aggregation group's notifications to one integration.
 
 Per integration (one `email_configs` entry, one webhook...) of a group's receiver, a
 notification is idle, being sent, or waiting to retry; `DELIVERY_TRANSITIONS` is every legal
-move between those (`_Delivery.step` raises on any other). `_LogEntry` is what the integration
-was last told, Alertmanager's notification log, and `needs_update` the dedup rule that decides
-from it whether a flush sends. Split from notify.py, whose `Notifier` drives these on its clock.
+move between those (`IntegrationDelivery.step` raises on any other). `LogEntry` is what the
+integration was last told, Alertmanager's notification log, and `needs_update` the dedup rule
+that decides from it whether a flush sends. Split from notify.py, whose `Notifier` drives
+these on its clock.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ DELIVERY_TRANSITIONS: dict[tuple[Delivery, DeliveryEvent], Delivery] = {
 
 
 @dataclass(frozen=True)
-class _LogEntry:
+class LogEntry:
     """What an integration was last told (Alertmanager's notification log entry)."""
 
     firing: frozenset[str]
@@ -51,7 +52,7 @@ class _LogEntry:
 
 
 def needs_update(
-    entry: _LogEntry | None,
+    entry: LogEntry | None,
     firing: frozenset[str],
     resolved: frozenset[str],
     send_resolved: bool,
@@ -71,15 +72,15 @@ def needs_update(
 
 
 @dataclass(eq=False)
-class _Delivery:
+class IntegrationDelivery:
     """One integration of a group's receiver: its dedup log and the attempt in progress."""
 
     receiver: str
     integration: Integration
     state: Delivery = Delivery.IDLE
-    log: _LogEntry | None = None
+    log: LogEntry | None = None
     notification: Notification | None = None
-    pending_log: _LogEntry | None = None
+    pending_log: LogEntry | None = None
     attempts: int = 0
     retry_at: float = 0.0
     deadline: float = 0.0

@@ -35,21 +35,21 @@ from __future__ import annotations
 import re
 
 from scalelab.monitoring.exposition_syntax import (
-    _INT64_MAX,
-    _LABEL_ESCAPES,
-    _LNAME,
-    _LNAME_AT,
-    _NAME,
-    _NAME_AT,
-    _NUMBER,
-    _NUMBER_RE,
-    _PAIR,
-    _QUOTED_AT,
-    _duplicate,
-    _fail,
-    _normalized,
-    _unescape,
+    INT64_MAX,
+    LABEL_ESCAPES,
+    LNAME,
+    LNAME_AT,
+    NAME,
+    NAME_AT,
+    NUMBER,
+    NUMBER_RE,
+    PAIR,
+    QUOTED_AT,
+    duplicate_error,
+    fail,
     format_om_float,
+    normalized_bound,
+    unescape,
 )
 from scalelab.monitoring.model import (
     METRIC_NAME,
@@ -58,7 +58,7 @@ from scalelab.monitoring.model import (
     MetricMetadata,
     MetricType,
 )
-from scalelab.monitoring.openmetrics import _decode_openmetrics, _OpenMetricsParser
+from scalelab.monitoring.openmetrics import OpenMetricsParser, decode_openmetrics
 
 __all__ = [
     "ACCEPT_HEADER",
@@ -88,12 +88,12 @@ _OM_MEDIA = "application/openmetrics-text"
 # Possessive quantifiers: nothing after a name, a label value or a label set can be matched by
 # giving characters back, and not trying saves a sixth of the matching time.
 _TEXT_FAST = re.compile(
-    rf'({_NAME}+)(?:\{{((?:{_LNAME}+="[^"\\]*+",?+)*+)\}})? ({_NUMBER})(?: ([0-9]++))?\Z'
+    rf'({NAME}+)(?:\{{((?:{LNAME}+="[^"\\]*+",?+)*+)\}})? ({NUMBER})(?: ([0-9]++))?\Z'
 )
 _TOKEN_AT = re.compile(r"[^{ \t]+")
 _DIGITS_AT = re.compile(r"[0-9]+")
 _TEXT_META = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+")
-_TEXT_META_FAST = re.compile(rf"# (HELP|TYPE) ({_NAME})(?: (.*))?\Z", re.S)
+_TEXT_META_FAST = re.compile(rf"# (HELP|TYPE) ({NAME})(?: (.*))?\Z", re.S)
 _TEXT_META_BYTES = re.compile(rb"#[ \t]+(?:HELP|TYPE)[ \t]")
 
 _TEXT_TYPES = {
@@ -112,7 +112,7 @@ def parse(data: bytes, content_type: str | None = None) -> Exposition:
     Raises errors.ParseError naming the line and the problem; never anything else.
     """
     if content_type is not None and content_type.strip().lower().startswith(_OM_MEDIA):
-        return _OpenMetricsParser().run(_decode_openmetrics(data))
+        return OpenMetricsParser().run(decode_openmetrics(data))
     return _parse_text(_decode_text(data))
 
 
@@ -145,7 +145,7 @@ def _labels(name: str, pairs: list[tuple[str, str]], lineno: int, line: str) -> 
     """Canonical labels from parsed pairs: duplicates rejected, empty values dropped."""
     pairs.append((METRIC_NAME, name))
     if len(pairs) > 1 and len(dict(pairs)) != len(pairs):
-        raise _duplicate(pairs, lineno, line)
+        raise duplicate_error(pairs, lineno, line)
     kept = [p for p in pairs if p[1]]
     kept.sort()
     return tuple(kept)
@@ -172,7 +172,7 @@ def _decode_text(data: bytes) -> str:
                 out.append("#")
             else:
                 shown = raw.decode("utf-8", "backslashreplace")
-                raise _fail(lineno, "invalid UTF-8", shown) from None
+                raise fail(lineno, "invalid UTF-8", shown) from None
     return "\n".join(out)
 
 
@@ -184,7 +184,7 @@ def _parse_text(text: str) -> Exposition:
     norm_name: str | None = None  # samples whose `le`/`quantile` get normalized
     norm_label = ""
     fast = _TEXT_FAST.match
-    pairs_of = _PAIR.findall
+    pairs_of = PAIR.findall
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line:
             continue
@@ -199,7 +199,7 @@ def _parse_text(text: str) -> Exposition:
                     continue  # a comment
                 kind, name, arg = parts
                 if kind == "HELP":
-                    helps[name] = _unescape(arg, _HELP_ESCAPES)
+                    helps[name] = unescape(arg, _HELP_ESCAPES)
                     continue
                 mtype = types[name] = _text_type(arg, lineno, line)
                 norm_name = None
@@ -215,11 +215,11 @@ def _parse_text(text: str) -> Exposition:
                 pairs = pairs_of(inner)
                 pairs.append((METRIC_NAME, name))
                 if len(dict(pairs)) != len(pairs):
-                    raise _duplicate(pairs, lineno, line)
+                    raise duplicate_error(pairs, lineno, line)
                 if '=""' in inner:
                     pairs = [p for p in pairs if p[1]]
                 if name == norm_name:
-                    pairs = [(k, _normalized(v) if k == norm_label else v) for k, v in pairs]
+                    pairs = [(k, normalized_bound(v) if k == norm_label else v) for k, v in pairs]
                 pairs.sort()
                 labels = tuple(pairs)
             else:
@@ -227,17 +227,17 @@ def _parse_text(text: str) -> Exposition:
         else:
             name, pairs, value, ts = _text_sample(line, lineno)
             if name == norm_name:
-                pairs = [(k, _normalized(v) if k == norm_label else v) for k, v in pairs]
+                pairs = [(k, normalized_bound(v) if k == norm_label else v) for k, v in pairs]
             labels = _labels(name, pairs, lineno, line)
         v = float(value)
         if v - v != 0.0 and value[-1] not in "fFyYnN":
-            raise _fail(lineno, f"value {value!r} out of range", line)
+            raise fail(lineno, f"value {value!r} out of range", line)
         if ts is None:
             append((labels, v, None))
         else:
             stamp = ts.lstrip("0")
-            if len(stamp) > 19 or (stamp and int(stamp) > _INT64_MAX):
-                raise _fail(lineno, "timestamp out of int64 range", line)
+            if len(stamp) > 19 or (stamp and int(stamp) > INT64_MAX):
+                raise fail(lineno, "timestamp out of int64 range", line)
             append((labels, v, int(stamp) if stamp else 0))
     metadata = {
         name: MetricMetadata(type=types.get(name, MetricType.UNKNOWN), help=helps.get(name, ""))
@@ -249,7 +249,7 @@ def _parse_text(text: str) -> Exposition:
 def _text_type(arg: str, lineno: int, line: str) -> MetricType:
     mtype = _TEXT_TYPES.get(arg)
     if mtype is None:
-        raise _fail(lineno, f"invalid metric type {arg!r}", line)
+        raise fail(lineno, f"invalid metric type {arg!r}", line)
     return mtype
 
 
@@ -259,12 +259,12 @@ def _text_metadata(stripped: str, lineno: int, line: str) -> tuple[str, ...] | N
     if m is None:
         return None
     kind = m.group(1)
-    n = _NAME_AT.match(stripped, m.end())
+    n = NAME_AT.match(stripped, m.end())
     if n is None:
-        raise _fail(lineno, f"expected a metric name after {kind}", line)
+        raise fail(lineno, f"expected a metric name after {kind}", line)
     name, rest = n.group(), stripped[n.end() :]
     if rest and rest[0] not in " \t":
-        raise _fail(lineno, f"expected whitespace after the metric name in {kind}", line)
+        raise fail(lineno, f"expected whitespace after the metric name in {kind}", line)
     return kind, name, rest[1:]  # Prometheus drops exactly one separator
 
 
@@ -279,9 +279,9 @@ def _text_sample(line: str, lineno: int) -> tuple[str, list[tuple[str, str]], st
     """The careful path: whitespace runs, escapes, optional commas; the errors."""
     n = len(line)
     i = _skip(line, 0)
-    m = _NAME_AT.match(line, i)
+    m = NAME_AT.match(line, i)
     if m is None:
-        raise _fail(lineno, "expected a metric name", line)
+        raise fail(lineno, "expected a metric name", line)
     name, name_end = m.group(), m.end()
     j = _skip(line, name_end)
     pairs: list[tuple[str, str]] = []
@@ -289,40 +289,40 @@ def _text_sample(line: str, lineno: int) -> tuple[str, list[tuple[str, str]], st
         i = _skip(line, j + 1)
         while True:
             if i >= n:
-                raise _fail(lineno, "label set not closed", line)
+                raise fail(lineno, "label set not closed", line)
             if line[i] == "}":
                 i += 1
                 break
-            m = _LNAME_AT.match(line, i)
+            m = LNAME_AT.match(line, i)
             if m is None:
-                raise _fail(lineno, "expected a label name", line)
+                raise fail(lineno, "expected a label name", line)
             i = _skip(line, m.end())
             if i >= n or line[i] != "=":
-                raise _fail(lineno, f"expected '=' after label name {m.group()!r}", line)
+                raise fail(lineno, f"expected '=' after label name {m.group()!r}", line)
             i = _skip(line, i + 1)
-            q = _QUOTED_AT.match(line, i)
+            q = QUOTED_AT.match(line, i)
             if q is None:
-                raise _fail(lineno, f"expected a quoted value for label {m.group()!r}", line)
-            pairs.append((m.group(), _unescape(q.group(1), _LABEL_ESCAPES)))
+                raise fail(lineno, f"expected a quoted value for label {m.group()!r}", line)
+            pairs.append((m.group(), unescape(q.group(1), LABEL_ESCAPES)))
             i = _skip(line, q.end())
             if i < n and line[i] == ",":
                 i = _skip(line, i + 1)
         j = _skip(line, i)
     elif j == name_end and j < n:
-        raise _fail(lineno, "expected whitespace after the metric name", line)
+        raise fail(lineno, "expected whitespace after the metric name", line)
     t = _TOKEN_AT.match(line, j)
     if t is None:
-        raise _fail(lineno, "expected a value", line)
+        raise fail(lineno, "expected a value", line)
     value = t.group()
-    if not _NUMBER_RE.match(value):
-        raise _fail(lineno, f"invalid value {value!r}", line)
+    if not NUMBER_RE.match(value):
+        raise fail(lineno, f"invalid value {value!r}", line)
     i = _skip(line, t.end())
     ts = None
     if i < n:
         d = _DIGITS_AT.match(line, i)
         if d is None:
-            raise _fail(lineno, "expected a timestamp (integer milliseconds) or end of line", line)
+            raise fail(lineno, "expected a timestamp (integer milliseconds) or end of line", line)
         ts = d.group()
         if _skip(line, d.end()) < n:
-            raise _fail(lineno, "unexpected text after the timestamp", line)
+            raise fail(lineno, "unexpected text after the timestamp", line)
     return name, pairs, value, ts

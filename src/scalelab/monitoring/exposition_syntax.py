@@ -2,9 +2,9 @@
 
 Both formats spell metric and label names, quoted label values, escapes and numbers the same
 way, so the regular expressions for those live here, with what both parsers do with them:
-error messages that name the line (`_fail`), unescaping, rejecting repeated label names
-(`_duplicate`), and the OpenMetrics spelling of `le` and `quantile` values (`format_om_float`,
-`_normalized`) that keeps a series' identity whichever format was served. Split from
+error messages that name the line (`fail`), unescaping, rejecting repeated label names
+(`duplicate_error`), and the OpenMetrics spelling of `le` and `quantile` values (`format_om_float`,
+`normalized_bound`) that keeps a series' identity whichever format was served. Split from
 exposition.py (the entry point and the text format) and openmetrics.py.
 """
 
@@ -15,37 +15,37 @@ import re
 from scalelab.monitoring.errors import ParseError
 from scalelab.monitoring.model import METRIC_NAME
 
-_INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LNAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
-_REAL = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_NUMBER = rf"(?:{_REAL}|[+-]?[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])"
+NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+LNAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+REAL = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+NUMBER = rf"(?:{REAL}|[+-]?[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])"
 
-_PAIR = re.compile(rf'({_LNAME}+)="([^"\\]*+)"')
-_NAME_AT = re.compile(_NAME)
-_LNAME_AT = re.compile(_LNAME)
-_QUOTED_AT = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
-_NUMBER_RE = re.compile(rf"{_NUMBER}\Z")
+PAIR = re.compile(rf'({LNAME}+)="([^"\\]*+)"')
+NAME_AT = re.compile(NAME)
+LNAME_AT = re.compile(LNAME)
+QUOTED_AT = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S)
+NUMBER_RE = re.compile(rf"{NUMBER}\Z")
 _ESCAPE = re.compile(r"\\(.)", re.S)
 
-_LABEL_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+LABEL_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 
 
-def _fail(lineno: int, problem: str, line: str) -> ParseError:
+def fail(lineno: int, problem: str, line: str) -> ParseError:
     shown = line if len(line) <= 120 else line[:117] + "..."
     hint = " (a CR: Windows line endings are not allowed)" if line.endswith("\r") else ""
     return ParseError(f"line {lineno}: {problem}{hint}: {shown!r}")
 
 
-def _unescape(raw: str, table: dict[str, str]) -> str:
+def unescape(raw: str, table: dict[str, str]) -> str:
     if "\\" not in raw:
         return raw
     return _ESCAPE.sub(lambda m: table.get(m.group(1), m.group(0)), raw)
 
 
-def _duplicate(pairs: list[tuple[str, str]], lineno: int, line: str) -> ParseError:
+def duplicate_error(pairs: list[tuple[str, str]], lineno: int, line: str) -> ParseError:
     """The error for a label set with a repeated name (the metric name was appended last)."""
     seen: set[str] = set()
     for k, _ in pairs:
@@ -53,7 +53,7 @@ def _duplicate(pairs: list[tuple[str, str]], lineno: int, line: str) -> ParseErr
             break
         seen.add(k)
     what = "__name__ inside braces" if k == METRIC_NAME else f"label {k!r} repeated"
-    return _fail(lineno, what, line)
+    return fail(lineno, what, line)
 
 
 def format_om_float(value: float) -> str:
@@ -94,11 +94,11 @@ def format_om_float(value: float) -> str:
 _normal_cache: dict[str, str] = {}
 
 
-def _normalized(value: str) -> str:
+def normalized_bound(value: str) -> str:
     """The OpenMetrics spelling of a float label value; values that are no float stay as is."""
     hit = _normal_cache.get(value)
     if hit is None:
-        hit = format_om_float(float(value)) if _NUMBER_RE.match(value) else value
+        hit = format_om_float(float(value)) if NUMBER_RE.match(value) else value
         if len(_normal_cache) < 4096:
             _normal_cache[value] = hit
     return hit

@@ -28,12 +28,12 @@ class GoStruct:
     fields: dict[str, Any]
 
 
-_MISSING = object()
+MISSING_VALUE = object()
 
 
 def truth(value: Any) -> bool:
     """Go template truth: false, 0, nil and empty strings, maps and lists are false."""
-    if value is None or value is _MISSING:
+    if value is None or value is MISSING_VALUE:
         return False
     if isinstance(value, bool | int | float):
         return bool(value)
@@ -42,8 +42,8 @@ def truth(value: Any) -> bool:
     return True
 
 
-def _print(value: Any) -> str:
-    if value is None or value is _MISSING:
+def go_print(value: Any) -> str:
+    if value is None or value is MISSING_VALUE:
         return "<no value>"
     return go_format_value(value)
 

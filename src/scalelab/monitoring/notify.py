@@ -37,8 +37,14 @@ from typing import Any, Self
 
 import httpx
 
-from scalelab.monitoring.alert_intake import Alert, _merge, _Stored, _str_map, fingerprint
-from scalelab.monitoring.delivery import Delivery, DeliveryEvent, _Delivery, _LogEntry, needs_update
+from scalelab.monitoring.alert_intake import Alert, Stored, fingerprint, merge_alert, str_map
+from scalelab.monitoring.delivery import (
+    Delivery,
+    DeliveryEvent,
+    IntegrationDelivery,
+    LogEntry,
+    needs_update,
+)
 from scalelab.monitoring.errors import BadData
 from scalelab.monitoring.model import (
     Labels,
@@ -92,7 +98,7 @@ MAX_IDLE = 60.0  # run() looks again at least this often (silences expire, alert
 class _Flush:
     """A flush's deliveries still outstanding, and the resolved alerts it may then drop."""
 
-    resolved: dict[str, _Stored]
+    resolved: dict[str, Stored]
     outstanding: int = 0
     failed: bool = False
 
@@ -102,9 +108,9 @@ class _Group:
     route: Route
     labels: dict[str, str]
     key: str
-    deliveries: list[_Delivery]
+    deliveries: list[IntegrationDelivery]
     next_flush: float
-    alerts: dict[str, _Stored] = field(default_factory=dict)
+    alerts: dict[str, Stored] = field(default_factory=dict)
     flushed: bool = False
     open_flush: _Flush | None = None
 
@@ -152,7 +158,7 @@ class Notifier:
         self._own_http = http is None
         self._retry_base, self._retry_max = retry_base, retry_max
         self._send_timeout = send_timeout
-        self._alerts: dict[str, _Stored] = {}
+        self._alerts: dict[str, Stored] = {}
         self._groups: dict[tuple[int, Labels], _Group] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +207,7 @@ class Notifier:
             except BadData as exc:
                 errors.append(f"alert {i}: {exc}")
                 continue
-            stored = _merge(self._alerts.get(stored.fp), stored, t)
+            stored = merge_alert(self._alerts.get(stored.fp), stored, t)
             self._alerts[stored.fp] = stored
             for route in self.config.route.match(stored.labels):
                 self._insert(route, stored, t)
@@ -216,11 +222,11 @@ class Notifier:
             raise BadData("expected a JSON list of alerts")
         self.receive([Alert.from_json(a) for a in body], now)
 
-    def _admit(self, alert: Alert, now: float) -> _Stored:
+    def _admit(self, alert: Alert, now: float) -> Stored:
         if not alert.labels:
             raise BadData("at least one label pair required")
-        _str_map(alert.labels, "labels")
-        _str_map(alert.annotations, "annotations")
+        str_map(alert.labels, "labels")
+        str_map(alert.annotations, "annotations")
         bad = [n for n in alert.labels if not valid_label_name(n)]
         if bad:
             raise BadData(f"invalid label names {bad}")
@@ -235,15 +241,16 @@ class Notifier:
         timeout = end is None
         if end is None:
             end = now + self.config.globals.resolve_timeout
-        return _Stored(alert, alert.fingerprint, labels_of(alert.labels), start, end, timeout, now)
+        return Stored(alert, alert.fingerprint, labels_of(alert.labels), start, end, timeout, now)
 
-    def _insert(self, route: Route, stored: _Stored, now: float) -> None:
+    def _insert(self, route: Route, stored: Stored, now: float) -> None:
         glabels = route.group_labels(stored.alert.labels)
         key = (route.index, tuple(sorted(glabels.items())))
         group = self._groups.get(key)
         if group is None:
             deliveries = [
-                _Delivery(route.receiver, i) for i in self.config.receivers[route.receiver]
+                IntegrationDelivery(route.receiver, i)
+                for i in self.config.receivers[route.receiver]
             ]
             gk = group_key(route, glabels)
             group = _Group(route, glabels, gk, deliveries, now + route.group_wait)
@@ -255,7 +262,7 @@ class Notifier:
 
     # -- muting --
 
-    def _inhibited_by(self, a: _Stored, now: float) -> list[str]:
+    def _inhibited_by(self, a: Stored, now: float) -> list[str]:
         found: set[str] = set()
         for rule in self.config.inhibit_rules:
             if not matches_all(a.labels, rule.target_matchers):
@@ -270,7 +277,7 @@ class Notifier:
                     found.add(s.fp)
         return sorted(found)
 
-    def _muted(self, a: _Stored, now: float) -> bool:
+    def _muted(self, a: Stored, now: float) -> bool:
         return bool(self.silences.silenced_by(a.labels, now) or self._inhibited_by(a, now))
 
     # -- the clock drives the rest --
@@ -380,7 +387,7 @@ class Notifier:
                 d.log, firing, resolved, send_resolved, g.route.repeat_interval, now
             ):
                 continue
-            entry = _LogEntry(firing, resolved, now)
+            entry = LogEntry(firing, resolved, now)
             shown = [a for a in visible if send_resolved or not a.resolved(now)]
             if not shown:  # only resolved alerts, and this receiver does not want them
                 d.log = entry
@@ -401,7 +408,7 @@ class Notifier:
             self._close_flush(g)
         return work
 
-    def _notified(self, a: _Stored, now: float) -> NotifiedAlert:
+    def _notified(self, a: Stored, now: float) -> NotifiedAlert:
         done = a.resolved(now)
         return NotifiedAlert(
             status="resolved" if done else "firing",
@@ -413,7 +420,7 @@ class Notifier:
             fingerprint=a.fp,
         )
 
-    async def _attempt(self, g: _Group, d: _Delivery, clock: Callable[[], float]) -> None:
+    async def _attempt(self, g: _Group, d: IntegrationDelivery, clock: Callable[[], float]) -> None:
         assert d.notification is not None and d.pending_log is not None
         d.attempts += 1
         self.requests_total[d.receiver] += 1
@@ -441,11 +448,11 @@ class Notifier:
         self.notifications_sent[d.receiver] += 1
         self._finish(g, d, ok=True)
 
-    def _give_up(self, g: _Group, d: _Delivery, reason: str) -> None:
+    def _give_up(self, g: _Group, d: IntegrationDelivery, reason: str) -> None:
         d.step(DeliveryEvent.GAVE_UP)
         self._finish(g, d, ok=False, reason=reason)
 
-    def _finish(self, g: _Group, d: _Delivery, *, ok: bool, reason: str = "") -> None:
+    def _finish(self, g: _Group, d: IntegrationDelivery, *, ok: bool, reason: str = "") -> None:
         d.notification = d.pending_log = None
         if not ok:
             self.notifications_failed[d.receiver] += 1

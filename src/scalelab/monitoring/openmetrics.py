@@ -23,22 +23,22 @@ import re
 from bisect import insort
 
 from scalelab.monitoring.exposition_syntax import (
-    _INT64_MAX,
-    _INT64_MIN,
-    _LABEL_ESCAPES,
-    _LNAME,
-    _LNAME_AT,
-    _NAME,
-    _NAME_AT,
-    _NUMBER,
-    _NUMBER_RE,
-    _PAIR,
-    _QUOTED_AT,
-    _REAL,
-    _duplicate,
-    _fail,
-    _normalized,
-    _unescape,
+    INT64_MAX,
+    INT64_MIN,
+    LABEL_ESCAPES,
+    LNAME,
+    LNAME_AT,
+    NAME,
+    NAME_AT,
+    NUMBER,
+    NUMBER_RE,
+    PAIR,
+    QUOTED_AT,
+    REAL,
+    duplicate_error,
+    fail,
+    normalized_bound,
+    unescape,
 )
 from scalelab.monitoring.model import (
     METRIC_NAME,
@@ -51,11 +51,11 @@ from scalelab.monitoring.model import (
 # Possessive quantifiers: nothing after a name, a label value or a label set can be matched by
 # giving characters back, and not trying saves a sixth of the matching time.
 _OM_FAST = re.compile(
-    rf'({_NAME}+)(?:\{{((?:{_LNAME}+="[^"\\]*+"(?:,{_LNAME}+="[^"\\]*+")*+)?)\}})?'
-    rf" ({_NUMBER})(?: ({_REAL}))?\Z"
+    rf'({NAME}+)(?:\{{((?:{LNAME}+="[^"\\]*+"(?:,{LNAME}+="[^"\\]*+")*+)?)\}})?'
+    rf" ({NUMBER})(?: ({REAL}))?\Z"
 )
-_REAL_RE = re.compile(rf"{_REAL}\Z")
-_OM_META = re.compile(rf"# (HELP|TYPE|UNIT) ({_NAME})(?: (.*))?\Z", re.S)
+_REAL_RE = re.compile(rf"{REAL}\Z")
+_OM_META = re.compile(rf"# (HELP|TYPE|UNIT) ({NAME})(?: (.*))?\Z", re.S)
 _UNIT_RE = re.compile(r"[a-zA-Z0-9_:]*\Z")
 
 _OM_TYPES = {t.value: t for t in MetricType}
@@ -75,21 +75,21 @@ _EXEMPLAR_MAX_CHARS = 128
 
 
 def _to_float(text: str, lineno: int, line: str) -> float:
-    """float() of a token already matched by _NUMBER, rejecting overflow as Go's ParseFloat."""
+    """float() of a token already matched by NUMBER, rejecting overflow as Go's ParseFloat."""
     v = float(text)
     if v - v != 0.0 and text[-1] not in "fFyYnN":
-        raise _fail(lineno, f"number {text!r} out of range", line)
+        raise fail(lineno, f"number {text!r} out of range", line)
     return v
 
 
-def _decode_openmetrics(data: bytes) -> list[str]:
+def decode_openmetrics(data: bytes) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         start = data.rfind(b"\n", 0, exc.start) + 1
         end = data.find(b"\n", exc.start)
         shown = data[start : end if end >= 0 else len(data)].decode("utf-8", "backslashreplace")
-        raise _fail(data.count(b"\n", 0, exc.start) + 1, "invalid UTF-8", shown) from None
+        raise fail(data.count(b"\n", 0, exc.start) + 1, "invalid UTF-8", shown) from None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the LF that may follow "# EOF"
@@ -100,9 +100,9 @@ def _ms(seconds: float) -> int:
     """Prometheus's int64(ts * 1000): float multiply, truncation toward zero, int64-clamped."""
     ms = seconds * 1000.0
     if ms >= 9.223372036854775808e18:
-        return _INT64_MAX
+        return INT64_MAX
     if ms < -9.223372036854775808e18:
-        return _INT64_MIN
+        return INT64_MIN
     return int(ms)
 
 
@@ -110,13 +110,13 @@ def _om_value_ts(part: str, what: str, lineno: int, line: str) -> tuple[str, str
     """`number [SP timestamp]`, the tail of a sample or of an exemplar."""
     tokens = part.split(" ")
     if len(tokens) > 2 or not all(tokens):
-        raise _fail(lineno, f"expected '{what} [timestamp]' separated by single spaces", line)
-    if not _NUMBER_RE.match(tokens[0]):
-        raise _fail(lineno, f"invalid {what} {tokens[0]!r}", line)
+        raise fail(lineno, f"expected '{what} [timestamp]' separated by single spaces", line)
+    if not NUMBER_RE.match(tokens[0]):
+        raise fail(lineno, f"invalid {what} {tokens[0]!r}", line)
     if len(tokens) == 1:
         return tokens[0], None
     if not _REAL_RE.match(tokens[1]):
-        raise _fail(lineno, f"invalid timestamp {tokens[1]!r}", line)
+        raise fail(lineno, f"invalid timestamp {tokens[1]!r}", line)
     return tokens[0], tokens[1]
 
 
@@ -127,47 +127,47 @@ def _om_labels(text: str, i: int, lineno: int, line: str) -> tuple[list[tuple[st
     if text.startswith("}", i):
         return pairs, i + 1
     while True:
-        m = _LNAME_AT.match(text, i)
+        m = LNAME_AT.match(text, i)
         if m is None:
-            raise _fail(lineno, "expected a label name", line)
+            raise fail(lineno, "expected a label name", line)
         if not text.startswith("=", m.end()):
-            raise _fail(lineno, f"expected '=' after label name {m.group()!r}", line)
-        q = _QUOTED_AT.match(text, m.end() + 1)
+            raise fail(lineno, f"expected '=' after label name {m.group()!r}", line)
+        q = QUOTED_AT.match(text, m.end() + 1)
         if q is None:
-            raise _fail(lineno, f"expected a quoted value for label {m.group()!r}", line)
-        pairs.append((m.group(), _unescape(q.group(1), _LABEL_ESCAPES)))
+            raise fail(lineno, f"expected a quoted value for label {m.group()!r}", line)
+        pairs.append((m.group(), unescape(q.group(1), LABEL_ESCAPES)))
         i = q.end()
         if text.startswith(",", i):
             i += 1
         elif text.startswith("}", i):
             return pairs, i + 1
         else:
-            raise _fail(lineno, "expected ',' or '}' after a label value", line)
+            raise fail(lineno, "expected ',' or '}' after a label value", line)
 
 
 def _om_sample(line: str, lineno: int) -> tuple[str, list[tuple[str, str]], str, str | None, bool]:
     """The careful path: escapes and exemplars. Returns name, pairs, value, ts, has exemplar."""
-    m = _NAME_AT.match(line)
+    m = NAME_AT.match(line)
     if m is None:
-        raise _fail(lineno, "expected a metric name", line)
+        raise fail(lineno, "expected a metric name", line)
     name, i = m.group(), m.end()
     pairs: list[tuple[str, str]] = []
     if line.startswith("{", i):
         pairs, i = _om_labels(line, i, lineno, line)
     if not line.startswith(" ", i):
-        raise _fail(lineno, "expected a single space and a value after the series", line)
+        raise fail(lineno, "expected a single space and a value after the series", line)
     head, exemplar, tail = line[i + 1 :].partition(" # ")
     value, ts = _om_value_ts(head, "value", lineno, line)
     if exemplar:
         if not tail.startswith("{"):
-            raise _fail(lineno, "expected a label set after '# ' (exemplar)", line)
+            raise fail(lineno, "expected a label set after '# ' (exemplar)", line)
         ex_pairs, j = _om_labels(tail, 0, lineno, line)
         if sum(len(k) + len(v) for k, v in ex_pairs) > _EXEMPLAR_MAX_CHARS:
-            raise _fail(lineno, "exemplar labels longer than 128 characters", line)
+            raise fail(lineno, "exemplar labels longer than 128 characters", line)
         if len(dict(ex_pairs)) != len(ex_pairs):
-            raise _fail(lineno, "repeated exemplar label", line)
+            raise fail(lineno, "repeated exemplar label", line)
         if not tail.startswith(" ", j):
-            raise _fail(lineno, "expected a single space and a value after exemplar labels", line)
+            raise fail(lineno, "expected a single space and a value after exemplar labels", line)
         ex_value, ex_ts = _om_value_ts(tail[j + 1 :], "exemplar value", lineno, line)
         _to_float(ex_value, lineno, line)
         if ex_ts is not None:
@@ -212,7 +212,7 @@ class _Family:
         self.point: _Point | None = None
 
 
-class _OpenMetricsParser:
+class OpenMetricsParser:
     """One body's worth of state: families seen, which family owns each sample name."""
 
     def __init__(self) -> None:
@@ -224,14 +224,14 @@ class _OpenMetricsParser:
 
     def run(self, lines: list[str]) -> Exposition:
         fast = _OM_FAST.match
-        pairs_of = _PAIR.findall
+        pairs_of = PAIR.findall
         sample = self.sample
         eof = 0
         for lineno, line in enumerate(lines, 1):
             if eof:
-                raise _fail(lineno, "text after # EOF", line)
+                raise fail(lineno, "text after # EOF", line)
             if not line:
-                raise _fail(lineno, "blank line", line)
+                raise fail(lineno, "blank line", line)
             if line[0] == "#":
                 if line == "# EOF":
                     eof = lineno
@@ -245,7 +245,7 @@ class _OpenMetricsParser:
             else:
                 sample(lineno, line, *_om_sample(line, lineno))
         if not eof:
-            raise _fail(len(lines) + 1, "missing '# EOF' at the end", "")
+            raise fail(len(lines) + 1, "missing '# EOF' at the end", "")
         if self.family is not None:
             self.finish(self.family)
         return Exposition(samples=self.samples, metadata=self.metadata)
@@ -256,9 +256,9 @@ class _OpenMetricsParser:
             self.finish(self.family)
         owner = self.owner.get(name)
         if owner == name:
-            raise _fail(lineno, f"metric family {name} appears again, not in one block", line)
+            raise fail(lineno, f"metric family {name} appears again, not in one block", line)
         if owner is not None:
-            raise _fail(lineno, f"name {name} clashes with metric family {owner}", line)
+            raise fail(lineno, f"name {name} clashes with metric family {owner}", line)
         self.owner[name] = name
         family = self.family = _Family(name)
         return family
@@ -272,41 +272,41 @@ class _OpenMetricsParser:
     def metadata_line(self, lineno: int, line: str) -> None:
         m = _OM_META.match(line)
         if m is None:
-            raise _fail(lineno, "expected '# HELP', '# TYPE', '# UNIT' or '# EOF'", line)
+            raise fail(lineno, "expected '# HELP', '# TYPE', '# UNIT' or '# EOF'", line)
         kind, name, arg = m.groups()
         if arg is None:
-            raise _fail(lineno, f"{kind} needs a space and text after the metric name", line)
+            raise fail(lineno, f"{kind} needs a space and text after the metric name", line)
         family = self.family
         if family is None or family.name != name:
             family = self.start(name, lineno, line)
         elif family.group is not None:  # it has samples
-            raise _fail(lineno, f"{kind} of {name} after its samples", line)
+            raise fail(lineno, f"{kind} of {name} after its samples", line)
         if kind in family.declared:
-            raise _fail(lineno, f"second {kind} of {name}", line)
+            raise fail(lineno, f"second {kind} of {name}", line)
         family.declared.add(kind)
         if kind == "TYPE":
             mtype = _OM_TYPES.get(arg)
             if mtype is None:
-                raise _fail(lineno, f"invalid metric type {arg!r}", line)
+                raise fail(lineno, f"invalid metric type {arg!r}", line)
             family.type = mtype
             family.names = {}
             for suffix in _SUFFIXES[mtype]:
                 full = name + suffix
                 owner = self.owner.get(full, name)
                 if owner != name:
-                    raise _fail(lineno, f"{full} already belongs to metric family {owner}", line)
+                    raise fail(lineno, f"{full} already belongs to metric family {owner}", line)
                 self.owner[full] = name
                 family.names[full] = suffix
         elif kind == "HELP":
-            family.help = _unescape(arg, _LABEL_ESCAPES)
+            family.help = unescape(arg, LABEL_ESCAPES)
         else:
             if not _UNIT_RE.match(arg):
-                raise _fail(lineno, f"invalid unit {arg!r}", line)
+                raise fail(lineno, f"invalid unit {arg!r}", line)
             if arg and not name.endswith("_" + arg):
-                raise _fail(lineno, f"metric name {name} does not end with _{arg}", line)
+                raise fail(lineno, f"metric name {name} does not end with _{arg}", line)
             family.unit = arg
         if family.unit and family.type in (MetricType.INFO, MetricType.STATESET):
-            raise _fail(lineno, f"{family.type.value} {name} cannot have a unit", line)
+            raise fail(lineno, f"{family.type.value} {name} cannot have a unit", line)
 
     def sample(
         self,
@@ -323,32 +323,32 @@ class _OpenMetricsParser:
         if family is None or suffix is None:
             if family is not None and self.owner.get(name) == family.name:
                 expected = ", ".join(family.names)
-                raise _fail(
+                raise fail(
                     lineno, f"{family.type.value} {family.name} has samples {expected}", line
                 )
             family = self.start(name, lineno, line)
             suffix = ""
         v = float(value)
         if v - v != 0.0 and value[-1] not in "fFyYnN":
-            raise _fail(lineno, f"value {value!r} out of range", line)
+            raise fail(lineno, f"value {value!r} out of range", line)
         mtype = family.type
         special: str | None = None  # the label that tells samples of one metric apart
         le: float | None = None
         if mtype is _COUNTER:
             if suffix == "_total" and not v >= 0:
-                raise _fail(lineno, "a counter's _total must not be NaN or negative", line)
+                raise fail(lineno, "a counter's _total must not be NaN or negative", line)
         elif mtype is not _GAUGE and mtype is not _UNKNOWN:
             special, le = self.check_typed(family, suffix, pairs, v, lineno, line)
         if exemplar and not (
             (suffix == "_total" and mtype is _COUNTER)
             or (suffix == "_bucket" and mtype in _HISTOGRAMS)
         ):
-            raise _fail(lineno, "exemplars only go on counter _total and bucket samples", line)
+            raise fail(lineno, "exemplars only go on counter _total and bucket samples", line)
 
         if pairs:
             seen = dict(pairs)
             if len(seen) != len(pairs) or METRIC_NAME in seen:
-                raise _duplicate([*pairs, (METRIC_NAME, name)], lineno, line)
+                raise duplicate_error([*pairs, (METRIC_NAME, name)], lineno, line)
             if "" in seen.values():
                 pairs = [p for p in pairs if p[1]]
             pairs.sort()
@@ -364,10 +364,10 @@ class _OpenMetricsParser:
         else:
             tsf = float(ts)
             if tsf - tsf != 0.0:
-                raise _fail(lineno, f"timestamp {ts!r} out of range", line)
+                raise fail(lineno, f"timestamp {ts!r} out of range", line)
         if key != family.group:
             if key in family.groups:
-                raise _fail(lineno, "samples of one metric must be together", line)
+                raise fail(lineno, "samples of one metric must be together", line)
             family.groups.add(key)
             family.group = key
             family.group_ts = tsf
@@ -376,11 +376,9 @@ class _OpenMetricsParser:
             prev = family.group_ts
             if tsf is None or prev is None:
                 if tsf is not prev:
-                    raise _fail(
-                        lineno, "one metric's samples mix with and without timestamps", line
-                    )
+                    raise fail(lineno, "one metric's samples mix with and without timestamps", line)
             elif tsf < prev:
-                raise _fail(lineno, "timestamps of one metric go backwards", line)
+                raise fail(lineno, "timestamps of one metric go backwards", line)
             new_point = tsf != prev
             family.group_ts = tsf
         if mtype in _HISTOGRAMS:
@@ -407,38 +405,38 @@ class _OpenMetricsParser:
         mtype = family.type
         if mtype is MetricType.INFO:
             if v != 1:
-                raise _fail(lineno, "an info sample's value must be 1", line)
+                raise fail(lineno, "an info sample's value must be 1", line)
             return None, None
         if mtype is MetricType.STATESET:
             if not any(k == family.name for k, _ in pairs):
-                raise _fail(lineno, f"stateset sample without its {family.name!r} label", line)
+                raise fail(lineno, f"stateset sample without its {family.name!r} label", line)
             if v != 0 and v != 1:
-                raise _fail(lineno, "a stateset sample's value must be 0 or 1", line)
+                raise fail(lineno, "a stateset sample's value must be 0 or 1", line)
             return family.name, None
         if suffix in ("_count", "_gcount"):
             if not v >= 0 or not v.is_integer():
-                raise _fail(lineno, f"{suffix} must be a non-negative integer", line)
+                raise fail(lineno, f"{suffix} must be a non-negative integer", line)
         elif suffix == "_sum" or suffix == "_gsum":
             if v != v or (suffix == "_sum" and v < 0):
-                raise _fail(lineno, f"{suffix} must not be NaN or negative", line)
+                raise fail(lineno, f"{suffix} must not be NaN or negative", line)
         elif suffix == "_bucket":
             index, text = _find(pairs, "le")
-            if text is None or not _NUMBER_RE.match(text) or text.lower().endswith("nan"):
-                raise _fail(lineno, "a bucket needs an le label with a number", line)
+            if text is None or not NUMBER_RE.match(text) or text.lower().endswith("nan"):
+                raise fail(lineno, "a bucket needs an le label with a number", line)
             le = float(text)
             if le == float("inf") and text != "+Inf":
-                raise _fail(lineno, 'the +Inf bucket must be written le="+Inf"', line)
+                raise fail(lineno, 'the +Inf bucket must be written le="+Inf"', line)
             if not v >= 0 or not v.is_integer():
-                raise _fail(lineno, "a bucket's value must be a non-negative integer", line)
-            pairs[index] = ("le", _normalized(text))
+                raise fail(lineno, "a bucket's value must be a non-negative integer", line)
+            pairs[index] = ("le", normalized_bound(text))
             return "le", le
         elif suffix == "" and mtype is MetricType.SUMMARY:
             index, text = _find(pairs, "quantile")
-            if text is None or not _NUMBER_RE.match(text) or not 0 <= float(text) <= 1:
-                raise _fail(lineno, "a quantile sample needs a quantile label in [0, 1]", line)
+            if text is None or not NUMBER_RE.match(text) or not 0 <= float(text) <= 1:
+                raise fail(lineno, "a quantile sample needs a quantile label in [0, 1]", line)
             if v < 0:
-                raise _fail(lineno, "a quantile's value must not be negative", line)
-            pairs[index] = ("quantile", _normalized(text))
+                raise fail(lineno, "a quantile's value must not be negative", line)
+            pairs[index] = ("quantile", normalized_bound(text))
             return "quantile", None
         return None, None
 
@@ -447,9 +445,9 @@ class _OpenMetricsParser:
     ) -> None:
         if suffix == "_bucket" and le is not None:
             if point.le is not None and le <= point.le:
-                raise _fail(lineno, "buckets must be in increasing le order", line)
+                raise fail(lineno, "buckets must be in increasing le order", line)
             if v < point.bucket:
-                raise _fail(lineno, "bucket values must not decrease", line)
+                raise fail(lineno, "bucket values must not decrease", line)
             point.le, point.bucket = le, v
             point.negative = point.negative or le < 0
         elif suffix == "_count" or suffix == "_gcount":
@@ -464,19 +462,19 @@ class _OpenMetricsParser:
         family.point = None
         lineno, line = point.lineno, point.line
         if point.le != float("inf"):
-            raise _fail(lineno, f"histogram {family.name} lacks its +Inf bucket", line)
+            raise fail(lineno, f"histogram {family.name} lacks its +Inf bucket", line)
         if point.count is not None and point.count != point.bucket:
-            raise _fail(lineno, f"{family.name}: count differs from the +Inf bucket", line)
+            raise fail(lineno, f"{family.name}: count differs from the +Inf bucket", line)
         if family.type is MetricType.HISTOGRAM:
             if point.has_sum != (point.count is not None):
-                raise _fail(lineno, f"{family.name}: _sum and _count go together", line)
+                raise fail(lineno, f"{family.name}: _sum and _count go together", line)
             if point.negative and point.has_sum:
-                raise _fail(lineno, f"{family.name}: no _sum with negative buckets", line)
+                raise fail(lineno, f"{family.name}: no _sum with negative buckets", line)
         else:
             if (point.gsum is None) != (point.count is None):
-                raise _fail(lineno, f"{family.name}: _gsum and _gcount go together", line)
+                raise fail(lineno, f"{family.name}: _gsum and _gcount go together", line)
             if point.gsum is not None and point.gsum < 0 and not point.negative:
-                raise _fail(lineno, f"{family.name}: negative _gsum needs negative buckets", line)
+                raise fail(lineno, f"{family.name}: negative _gsum needs negative buckets", line)
 
 
 def _find(pairs: list[tuple[str, str]], name: str) -> tuple[int, str | None]:

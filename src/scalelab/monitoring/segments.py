@@ -41,7 +41,7 @@ RECORD_CRC = struct.Struct("<I")
 assert SEGMENT_HEADER.size == 8 and RECORD_LENGTH.size == 4 and RECORD_CRC.size == 4
 
 DEFAULT_SEGMENT_SIZE = 512 << 20
-_MAX_OFFSET = (1 << 32) - 1
+MAX_OFFSET = (1 << 32) - 1
 
 
 class ChunkKind(enum.IntEnum):
@@ -73,14 +73,14 @@ class ChunkMeta(NamedTuple):
 
     @property
     def offset(self) -> int:
-        return self.ref & _MAX_OFFSET
+        return self.ref & MAX_OFFSET
 
 
 def crc32c(data: bytes | bytearray | memoryview, previous: int = 0) -> int:
     return int(_crc32c(data, previous))
 
 
-class _SegmentWriter:
+class SegmentWriter:
     """Appends chunk records to numbered segment files, cutting a new one when full."""
 
     def __init__(self, directory: Path, segment_size: int) -> None:
@@ -95,7 +95,7 @@ class _SegmentWriter:
         ):
             self._cut()
         assert self.file is not None
-        if self.pos + need > _MAX_OFFSET:
+        if self.pos + need > MAX_OFFSET:
             raise ValueError(f"chunk of {len(data)} bytes does not fit a segment")
         ref = (self.number << 32) | self.pos
         length = RECORD_LENGTH.pack(len(data))

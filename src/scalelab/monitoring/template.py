@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scalelab.monitoring.gofmt import _MISSING, GoStruct, _print, go_type, truth
-from scalelab.monitoring.template_funcs import _FUNCS, FUNC_NAMES, _ArgError, make_funcs
+from scalelab.monitoring.gofmt import MISSING_VALUE, GoStruct, go_print, go_type, truth
+from scalelab.monitoring.template_funcs import FUNC_NAMES, FUNCS, ArgError, make_funcs
 from scalelab.monitoring.template_parse import (
     PREFIX_LEN,
     Action,
@@ -34,9 +34,9 @@ from scalelab.monitoring.template_parse import (
     Field,
     Ident,
     Lit,
+    Parser,
     Pipe,
     TemplateError,
-    _Parser,
 )
 
 
@@ -59,7 +59,7 @@ class Template:
 
     def __init__(self, text: str, name: str, funcs: Mapping[str, Callable[..., Any]]) -> None:
         self.text, self.name, self.funcs = text, name, funcs
-        self.nodes = _Parser(text, name, funcs).parse()
+        self.nodes = Parser(text, name, funcs).parse()
 
     def expand(self, data: Any, funcs: Mapping[str, Callable[..., Any]] | None = None) -> str:
         """The expanded text; raises ExecError with Go's wording when execution fails."""
@@ -90,7 +90,7 @@ class _Exec:
             elif isinstance(node, Action):
                 value = self.pipe(dot, node.pipe, vs)
                 if not node.pipe.decl:
-                    out.append(_print(value))
+                    out.append(go_print(value))
             else:
                 mark = len(vs)
                 self.branch(dot, node, out, vs)
@@ -127,7 +127,7 @@ class _Exec:
         )
 
     def pipe(self, dot: Any, pipe: Pipe, vs: list[tuple[str, Any]], declare: bool = True) -> Any:
-        value: Any = _MISSING
+        value: Any = MISSING_VALUE
         for cmd in pipe.cmds:
             value = self.cmd(dot, cmd, value, vs)
         if declare and pipe.decl:
@@ -145,10 +145,10 @@ class _Exec:
         first = cmd.args[0]
         if isinstance(first, Ident):
             args = [self.arg(dot, a, vs, cmd) for a in cmd.args[1:]]
-            if final is not _MISSING:
+            if final is not MISSING_VALUE:
                 args.append(final)
             return self.call(first.name, args, cmd)
-        if len(cmd.args) > 1 or final is not _MISSING:
+        if len(cmd.args) > 1 or final is not MISSING_VALUE:
             raise self.err(cmd.pos, cmd, f"can't give argument to non-function {cmd.text}")
         return self.arg(dot, first, vs, cmd)
 
@@ -185,7 +185,7 @@ class _Exec:
         fn = self.funcs[name]
         try:
             return fn(*args)
-        except _ArgError as exc:
+        except ArgError as exc:
             raise self.err(cmd.pos, cmd, str(exc)) from None
         except ExecError:
             raise
@@ -204,12 +204,12 @@ def _range_items(value: Any, err: Callable[[str], Exception]) -> list[tuple[Any,
         return [(k, value[k]) for k in sorted(value)]
     if isinstance(value, list | tuple):
         return list(enumerate(value))
-    raise err(f"range can't iterate over {_print(value)}")
+    raise err(f"range can't iterate over {go_print(value)}")
 
 
 def parse(text: str, name: str) -> Template:
     """Parse once (raises TemplateError, as Prometheus does when it loads rules)."""
-    return Template(text, name, _FUNCS)
+    return Template(text, name, FUNCS)
 
 
 def alert_data(

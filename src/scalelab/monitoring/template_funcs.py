@@ -4,7 +4,7 @@ Split from the template language (template.py) because the table is as long as i
 `eq`, `lt`, `printf`, `index` and the rest behave as in Go, down to their error wording;
 `humanize`, `humanizeDuration`, `title`, `reReplaceAll`, `query`, `first`, `label` and the
 rest as in Prometheus's template package. `make_funcs` binds `query` and `externalURL` to one
-evaluation. A function raises `_ArgError` for a wrong argument count or type (Go reports those
+evaluation. A function raises `ArgError` for a wrong argument count or type (Go reports those
 without "error calling") and any other exception for a failure of its own.
 """
 
@@ -20,28 +20,28 @@ from urllib.parse import quote_plus, urlparse
 
 from scalelab.monitoring.gofmt import (
     GoStruct,
-    _print,
     go_format_value,
     go_g,
+    go_print,
     go_sprintf,
     go_type,
     truth,
 )
 
 
-class _ArgError(Exception):
+class ArgError(Exception):
     """Wrong argument count or type: Go reports these without "error calling"."""
 
 
 def _want_str(value: Any) -> str:
     if not isinstance(value, str):
-        raise _ArgError(f"wrong type for value; expected string; got {go_type(value)}")
+        raise ArgError(f"wrong type for value; expected string; got {go_type(value)}")
     return value
 
 
 def _arity(name: str, args: tuple[Any, ...], want: int) -> None:
     if len(args) != want:
-        raise _ArgError(f"wrong number of args for {name}: want {want} got {len(args)}")
+        raise ArgError(f"wrong number of args for {name}: want {want} got {len(args)}")
 
 
 _GO_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)\Z", re.I)
@@ -166,7 +166,7 @@ def go_eq(a: Any, *others: Any) -> bool:
                     return True
                 continue
             if isinstance(a, dict | list):
-                raise ValueError(f"non-comparable type {_print(a)}: {go_type(a)}")
+                raise ValueError(f"non-comparable type {go_print(a)}: {go_type(a)}")
         if a == b:
             return True
     return False
@@ -201,7 +201,7 @@ def _kind(value: Any) -> str:
 
 def go_and(*args: Any) -> Any:
     if not args:
-        raise _ArgError("wrong number of args for and: want at least 1 got 0")
+        raise ArgError("wrong number of args for and: want at least 1 got 0")
     for a in args:
         if not truth(a):
             return a
@@ -210,7 +210,7 @@ def go_and(*args: Any) -> Any:
 
 def go_or(*args: Any) -> Any:
     if not args:
-        raise _ArgError("wrong number of args for or: want at least 1 got 0")
+        raise ArgError("wrong number of args for or: want at least 1 got 0")
     for a in args:
         if truth(a):
             return a
@@ -293,13 +293,13 @@ def _need(name: str, n: int) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 def _sample_of(value: Any) -> GoStruct:
     if not (isinstance(value, GoStruct) and value.type_name == "*template.sample"):
-        raise _ArgError(f"wrong type for value; expected *template.sample; got {go_type(value)}")
+        raise ArgError(f"wrong type for value; expected *template.sample; got {go_type(value)}")
     return value
 
 
 def _first(result: Any) -> Any:
     if not isinstance(result, list):
-        raise _ArgError(
+        raise ArgError(
             f"wrong type for value; expected template.queryResult; got {go_type(result)}"
         )
     if not result:
@@ -310,7 +310,7 @@ def _first(result: Any) -> Any:
 def _sort_by_label(label: Any, result: Any) -> list[Any]:
     key = _want_str(label)
     if not isinstance(result, list):
-        raise _ArgError(
+        raise ArgError(
             f"wrong type for value; expected template.queryResult; got {go_type(result)}"
         )
     return sorted(result, key=lambda s: s.fields["Labels"].get(key, ""))
@@ -336,7 +336,7 @@ def _no_query(q: Any) -> list[GoStruct]:
     raise ValueError("query is not available here")
 
 
-_FUNCS: dict[str, Callable[..., Any]] = {
+FUNCS: dict[str, Callable[..., Any]] = {
     "and": go_and,
     "or": go_or,
     "not": _need("not", 1)(lambda v: not truth(v)),
@@ -395,7 +395,7 @@ def make_funcs(
     external_url: str = "",
 ) -> dict[str, Callable[..., Any]]:
     """The function table bound to one evaluation: `query` runs PromQL at its timestamp."""
-    funcs = dict(_FUNCS)
+    funcs = dict(FUNCS)
     if query is not None:
         funcs["query"] = _need("query", 1)(lambda q: query(_want_str(q)))
     funcs["externalURL"] = _need("externalURL", 0)(lambda: external_url)
@@ -411,4 +411,4 @@ def _go_repl(repl: str) -> str:
     return re.sub(r"\$([A-Za-z_]\w*)", r"\\g<\1>", out).replace("$$", "$")
 
 
-FUNC_NAMES = frozenset(_FUNCS)
+FUNC_NAMES = frozenset(FUNCS)

@@ -248,7 +248,7 @@ class Branch:
     else_body: list[Any] = field(default_factory=list)
 
 
-class _Parser:
+class Parser:
     def __init__(self, text: str, name: str, funcs: Mapping[str, object]) -> None:
         self.text, self.name, self.funcs = text, name, funcs
         self.toks = _lex(text, name)
@@ -433,7 +433,7 @@ class _Parser:
         return node
 
 
-def _number(text: str, parser: _Parser, pos: int) -> int | float:
+def _number(text: str, parser: Parser, pos: int) -> int | float:
     clean = text.replace("_", "")
     low = clean.lower().lstrip("+-")
     try:
