@@ -34,6 +34,7 @@ from scalelab.monitoring.scrape_config import (
     FileSDConfig,
     ScrapeConfig,
     check_target_address,
+    config_items,
     format_duration,
     parse_duration,
     parse_labels,
@@ -240,18 +241,11 @@ def read_target_file(path: str) -> list[TargetGroup]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise errors.BadData(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return []
-    if not isinstance(data, list):
+    if data is not None and not isinstance(data, list):
         raise errors.BadData(f"{path}: expected a list of target groups")
     groups = []
-    for i, item in enumerate(data):
-        where = f"{path}[{i}]"
-        if not isinstance(item, dict):
-            raise errors.BadData(f"{where}: expected a mapping with targets and labels")
-        unknown = set(item) - {"targets", "labels"}
-        if unknown:
-            raise errors.BadData(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    fields = {"targets", "labels"}
+    for i, (where, item) in enumerate(config_items(data, path, fields, "targets and labels")):
         labels = model.with_label(
             parse_labels(item.get("labels"), f"{where}.labels"), FILEPATH, path
         )

@@ -12,7 +12,7 @@ Durations are Prometheus's (`15s`, `1m`, `1h30m`, `500ms`, `2d`) and are held as
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,26 +318,33 @@ def check_target_address(address: str) -> str | None:
     return None
 
 
-def _static_configs(raw: Any, where: str) -> tuple[StaticConfig, ...]:
+def config_items(
+    raw: Any, where: str, fields: set[str], what: str
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(place, item) for a YAML list of mappings whose keys must be among `fields`: the check
+    every list of config blocks (static_configs, file_sd_configs, a file_sd file) needs."""
     if raw is None:
-        return ()
+        return
     if not isinstance(raw, list):
         raise errors.BadData(f"{where}: expected a list")
-    out = []
     for i, item in enumerate(raw):
         w = f"{where}[{i}]"
         if not isinstance(item, Mapping):
-            raise errors.BadData(f"{w}: expected a mapping with targets and labels")
-        unknown = set(item) - {"targets", "labels"}
+            raise errors.BadData(f"{w}: expected a mapping with {what}")
+        unknown = set(item) - fields
         if unknown:
             raise errors.BadData(f"{w}: unknown field(s) {_names(unknown)}")
-        out.append(
-            StaticConfig(
-                targets=parse_targets(item.get("targets"), f"{w}.targets"),
-                labels=parse_labels(item.get("labels"), f"{w}.labels"),
-            )
+        yield w, item
+
+
+def _static_configs(raw: Any, where: str) -> tuple[StaticConfig, ...]:
+    return tuple(
+        StaticConfig(
+            targets=parse_targets(item.get("targets"), f"{w}.targets"),
+            labels=parse_labels(item.get("labels"), f"{w}.labels"),
         )
-    return tuple(out)
+        for w, item in config_items(raw, where, {"targets", "labels"}, "targets and labels")
+    )
 
 
 def parse_targets(raw: Any, where: str) -> tuple[str, ...]:
@@ -358,18 +365,9 @@ def parse_targets(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _file_sd_configs(raw: Any, where: str, base: Path) -> tuple[FileSDConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise errors.BadData(f"{where}: expected a list")
     out = []
-    for i, item in enumerate(raw):
-        w = f"{where}[{i}]"
-        if not isinstance(item, Mapping):
-            raise errors.BadData(f"{w}: expected a mapping with files and refresh_interval")
-        unknown = set(item) - {"files", "refresh_interval"}
-        if unknown:
-            raise errors.BadData(f"{w}: unknown field(s) {_names(unknown)}")
+    fields = {"files", "refresh_interval"}
+    for w, item in config_items(raw, where, fields, "files and refresh_interval"):
         files = item.get("files")
         if not isinstance(files, list) or not files:
             raise errors.BadData(f"{w}.files: expected a non-empty list of paths")
