@@ -359,6 +359,7 @@ def test_default_codec_is_chunk_py_imported_at_call_time(
 ) -> None:
     fake = types.ModuleType("scalelab.monitoring.chunk")
     fake.decode = dec  # type: ignore[attr-defined]
+    fake.decode_cached = dec  # type: ignore[attr-defined]  # what a Block reads with
     fake.encode = enc  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "scalelab.monitoring.chunk", fake)
     chunk = enc(np.array([1, 2]), np.array([5.0, 6.0]))

@@ -260,3 +260,19 @@ def test_at_most_prometheus_bytes_per_sample(jitter_ms: float) -> None:
 def test_each_value_shape_at_most_prometheus(kind: str) -> None:
     ours, prom = measure(0.0, {kind: 10})
     assert ours <= prom
+
+
+def test_decoded_cache_serves_repeats_read_only_and_stays_within_its_budget() -> None:
+    cache = chunk.DecodedCache(max_samples=5)
+    a = chunk.encode(np.array([1, 2, 3]), np.array([1.0, 2.0, 3.0]))
+    b = chunk.encode(np.array([4, 5, 6]), np.array([4.0, 5.0, 6.0]))
+    first = cache.decode(a)
+    assert cache.decode(bytes(a)) is first  # same bytes, another object: a hit
+    assert (cache.hits, cache.misses) == (1, 1)
+    with pytest.raises(ValueError, match="read-only"):
+        first[1][0] = 9.0
+    cache.decode(b)  # 6 samples > 5: the least recently used chunk (a) goes
+    assert cache.decode(a) is not first and cache.misses == 3
+    off = chunk.DecodedCache(max_samples=0)
+    t, v = off.decode(a)
+    assert off.decode(a)[0] is not t and list(v) == [1.0, 2.0, 3.0]

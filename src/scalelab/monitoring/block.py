@@ -282,8 +282,10 @@ class Block:
 
     @property
     def decode(self) -> Decode:
+        """The chunk decoder: chunk.decode_cached (decoded chunks shared through its LRU)
+        unless one was given at open."""
         if self._decode is None:
-            self._decode = cast(Decode, codec("decode"))
+            self._decode = cast(Decode, codec("decode_cached"))
         return self._decode
 
     # chunks

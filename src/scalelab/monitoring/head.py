@@ -69,7 +69,7 @@ class _Chunk:
     def arrays(self) -> tuple[TimestampArray, ValueArray]:
         data = self.data  # read once: another thread may swap in the encoded bytes
         if isinstance(data, bytes):
-            return chunk.decode(data)
+            return chunk.decode_cached(data)
         return np.frombuffer(data[0], np.int64), np.frombuffer(data[1], np.float64)
 
     def encoded(self) -> bytes:

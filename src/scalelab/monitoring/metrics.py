@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from scalelab.monitoring import chunk
 from scalelab.monitoring.service import Monitoring
 
 
@@ -64,6 +65,14 @@ class MonitoringCollector(Collector):
         cache.add_metric(["hit"], s.cache.hits)
         cache.add_metric(["miss"], s.cache.misses)
         yield cache
+        decoded = CounterMetricFamily(
+            "scalelab_monitoring_decoded_chunk_cache_lookups",
+            "Chunk decodes asked of the decoded-chunk cache",
+            labels=["result"],
+        )
+        decoded.add_metric(["hit"], chunk.DECODED.hits)
+        decoded.add_metric(["miss"], chunk.DECODED.misses)
+        yield decoded
         yield CounterMetricFamily(
             "prometheus_remote_storage_samples_rejected",
             "Pushed samples refused (out of order)",

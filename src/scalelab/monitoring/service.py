@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from scalelab.monitoring import line_protocol, remote_write
+from scalelab.monitoring import chunk, line_protocol, remote_write
 from scalelab.monitoring.errors import BadData, MonitoringError, OutOfOrderSample
 from scalelab.monitoring.model import (
     Appender,
@@ -53,6 +53,7 @@ class Monitoring:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        chunk.DECODED.max_samples = settings.decoded_chunk_cache_samples
         self.tsdb = TSDB(
             settings.data_dir / "tsdb",
             block_range_ms=settings.block_duration_ms,

@@ -40,6 +40,9 @@ class MonitoringSettings(SystemSettings):
     query_max_samples: int = setting(50_000_000, "samples one query may load at most")
     query_timeout_s: float = setting(120.0, "longest a query may run")
     query_cache_entries: int = setting(512, "range-query results kept for repeated dashboards")
+    decoded_chunk_cache_samples: int = setting(
+        4_000_000, "samples of decoded chunks kept for queries (16 bytes each; 0: none)"
+    )
     remote_write_max_bytes: int = setting(
         64 * 1024 * 1024, "largest decompressed remote-write body accepted"
     )
