@@ -7,6 +7,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -154,59 +155,72 @@ def test_a_flaky_record_is_retried_and_a_doomed_one_lands_in_the_dlq(
         return [c for c in calls if c[0] == value]
 
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    producer.send("orders", key=b"a", value=b"ok")
-    producer.send("orders", key=b"b", value=b"doomed", headers=[("tag", b"red")])
-    producer.send("orders", key=b"c", value=b"flaky")
-    producer.flush()
-    consumer = KafkaConsumer(
-        bootstrap_servers=broker.bootstrap, group_id="workers", auto_offset_reset="earliest",
-        enable_auto_commit=False, fetch_max_wait_ms=50, heartbeat_interval_ms=300,
-    )  # fmt: skip
-    policy = RetryPolicy(max_attempts=3, base_delay_s=10, multiplier=3, jitter="equal")
-    processor = RetryProcessor(consumer, producer, "orders", handler, policy, clock=clock,
-                               rng=random.Random(1))  # fmt: skip
-    deadline = time.monotonic() + 60
-    while processor.stats.handled < 2 or processor.stats.dead_lettered < 1:
-        assert time.monotonic() < deadline, f"stuck: {processor.stats}, {calls}"
-        if processor.poll_once(50) == 0 and (due := processor.next_due()) is not None:
-            clock.now = max(clock.now, due)  # idle and waiting: let virtual time pass
-    consumer.close()
+    clients: list[Any] = [producer]  # closed whatever happens: a leaked client's socket
+    try:  # warns in whichever later test the collector runs in
+        producer.send("orders", key=b"a", value=b"ok")
+        producer.send("orders", key=b"b", value=b"doomed", headers=[("tag", b"red")])
+        producer.send("orders", key=b"c", value=b"flaky")
+        producer.flush()
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id="workers", auto_offset_reset="earliest",
+            enable_auto_commit=False, fetch_max_wait_ms=50, heartbeat_interval_ms=300,
+        )  # fmt: skip
+        clients.append(consumer)
+        policy = RetryPolicy(max_attempts=3, base_delay_s=10, multiplier=3, jitter="equal")
+        # subscribe once every topic's partitions are known: a group leader that assigns
+        # before it knows them hands out nothing, and kafka-python may not rejoin for a long
+        # while (see test_groups.GroupMember)
+        for topic in policy.topics("orders"):
+            assert producer.partitions_for(topic), topic  # waits for it (auto-creates it)
+            assert consumer.partitions_for_topic(topic), topic
+        processor = RetryProcessor(consumer, producer, "orders", handler, policy, clock=clock,
+                                   rng=random.Random(1))  # fmt: skip
+        deadline = time.monotonic() + 60
+        while processor.stats.handled < 2 or processor.stats.dead_lettered < 1:
+            assert time.monotonic() < deadline, f"stuck: {processor.stats}, {calls}"
+            if processor.poll_once(50) == 0 and (due := processor.next_due()) is not None:
+                clock.now = max(clock.now, due)  # idle and waiting: let virtual time pass
+        consumer.close()
 
-    assert calls_of(b"ok") == [(b"ok", 0, 1_700_000_000.0, None)]
-    for value in (b"flaky", b"doomed"):
-        mine = calls_of(value)
-        assert [c[1] for c in mine] == [0, 1, 2]
-        for before, after in zip(mine, mine[1:], strict=False):
-            due = after[3]
-            assert due is not None and after[2] >= due / 1000  # never handled before due
-            cap = policy.cap(after[1])  # equal jitter: the wait is in [cap / 2, cap]
-            assert cap / 2 <= due / 1000 - before[2] <= cap + 0.001
-    assert processor.stats.retried == 4 and processor.stats.deferred >= 2  # one per level, at least
+        assert calls_of(b"ok") == [(b"ok", 0, 1_700_000_000.0, None)]
+        for value in (b"flaky", b"doomed"):
+            mine = calls_of(value)
+            assert [c[1] for c in mine] == [0, 1, 2]
+            for before, after in zip(mine, mine[1:], strict=False):
+                due = after[3]
+                assert due is not None and after[2] >= due / 1000  # never handled before due
+                cap = policy.cap(after[1])  # equal jitter: the wait is in [cap / 2, cap]
+                assert cap / 2 <= due / 1000 - before[2] <= cap + 0.001
+        # one deferral per level, at least
+        assert processor.stats.retried == 4 and processor.stats.deferred >= 2
 
-    dlq = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
-                        consumer_timeout_ms=3000)  # fmt: skip
-    dlq.assign([TopicPartition("orders.dlq", 0)])
-    dlq.seek_to_beginning()
-    dead = list(dlq)
-    assert [(r.key, r.value) for r in dead] == [(b"b", b"doomed")]
-    headers = dict(dead[0].headers)
-    assert headers["tag"] == b"red"
-    assert headers[HEADER_ATTEMPT] == b"3"
-    assert (headers[HEADER_TOPIC], headers[HEADER_PARTITION], headers[HEADER_OFFSET]) == (
-        b"orders",
-        b"0",
-        b"1",
-    )
-    assert headers[HEADER_ERROR] == b"RuntimeError: cannot handle b'doomed'"
+        dlq = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                            consumer_timeout_ms=3000)  # fmt: skip
+        clients.append(dlq)
+        dlq.assign([TopicPartition("orders.dlq", 0)])
+        dlq.seek_to_beginning()
+        dead = list(dlq)
+        assert [(r.key, r.value) for r in dead] == [(b"b", b"doomed")]
+        headers = dict(dead[0].headers)
+        assert headers["tag"] == b"red"
+        assert headers[HEADER_ATTEMPT] == b"3"
+        assert (headers[HEADER_TOPIC], headers[HEADER_PARTITION], headers[HEADER_OFFSET]) == (
+            b"orders",
+            b"0",
+            b"1",
+        )
+        assert headers[HEADER_ERROR] == b"RuntimeError: cannot handle b'doomed'"
 
-    topics = [TopicPartition(t, 0) for t in policy.topics("orders")]
-    check = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="workers",
-                          enable_auto_commit=False)  # fmt: skip
-    ends = check.end_offsets(topics)
-    assert [ends[tp] for tp in topics] == [3, 2, 2]  # retry.1: both; retry.2: both again
-    assert [check.committed(tp) for tp in topics] == [3, 2, 2]
-    for client in (dlq, check, producer):
-        client.close()
+        topics = [TopicPartition(t, 0) for t in policy.topics("orders")]
+        check = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="workers",
+                              enable_auto_commit=False)  # fmt: skip
+        clients.append(check)
+        ends = check.end_offsets(topics)
+        assert [ends[tp] for tp in topics] == [3, 2, 2]  # retry.1: both; retry.2: both again
+        assert [check.committed(tp) for tp in topics] == [3, 2, 2]
+    finally:
+        for client in clients:
+            client.close()
 
 
 class RefusedSend:
