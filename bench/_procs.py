@@ -1,5 +1,6 @@
 """What every bench script does the same way: start `scalelab serve SYSTEM` and learn its
-address, name package versions, and run main() so that Ctrl-C or SIGTERM still cleans up."""
+address, name package and tool versions, read a child's output line with a deadline, print
+ratios, and run main() so that Ctrl-C or SIGTERM still cleans up."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any
@@ -90,3 +92,39 @@ def run_main(
         return 130
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0 if ok else 1
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """ours / theirs, rounded; None when either side has no figure."""
+    if not a or not b:
+        return None
+    return round(a / b, 4)
+
+
+def tool_version(cmd: Sequence[str]) -> str | None:
+    """The first line a tool prints about its version, or None if it cannot be run."""
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def log_tail(path: Path, lines: int = 10) -> str:
+    """The end of a server's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def readline(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
+    """One stdout line, or b"" if the deadline passes (the reader thread is abandoned)."""
+    stdout = proc.stdout
+    assert stdout is not None
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(max(0.1, deadline - time.monotonic()))
+    return box[0] if box else b""

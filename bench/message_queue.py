@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _procs import run_main  # noqa: E402
+from _procs import log_tail, ratio, readline, run_main, tool_version  # noqa: E402
 from _s3 import free_port, spawn, stop_group, tree_cpu_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -165,12 +165,6 @@ class Plan:
 
 
 # -- pure helpers --------------------------------------------------------------------------------
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if not a or not b:
-        return None
-    return round(a / b, 4)
 
 
 def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -421,16 +415,6 @@ def running(name: str, root: Path, processes: int) -> Iterator[Server]:
             info["exit_code"] = stop_group(proc)
 
 
-def tool_version(cmd: Sequence[str]) -> str | None:
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (
-        (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else None
-    )
-
-
 def dir_bytes(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
@@ -438,13 +422,6 @@ def dir_bytes(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_blocks * 512
     return total
-
-
-def log_tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # -- topics and streams --------------------------------------------------------------------------
@@ -539,7 +516,7 @@ def run_load(specs: list[dict[str, Any]], timeout: float, log_path: Path) -> lis
         deadline = time.monotonic() + 60
         for proc in procs:
             assert proc.stdout is not None
-            line = _readline(proc, deadline)
+            line = readline(proc, deadline)
             if line.strip() != b"ready":
                 raise RuntimeError(f"loader not ready (exit {proc.poll()}): {log_tail(log_path)}")
         for proc in procs:
@@ -549,7 +526,7 @@ def run_load(specs: list[dict[str, Any]], timeout: float, log_path: Path) -> lis
         deadline = time.monotonic() + timeout + 60
         results = []
         for proc in procs:
-            line = _readline(proc, deadline)
+            line = readline(proc, deadline)
             if not line.strip():
                 raise RuntimeError(
                     f"loader gave no result (exit {proc.poll()}): {log_tail(log_path)}"
@@ -559,17 +536,6 @@ def run_load(specs: list[dict[str, Any]], timeout: float, log_path: Path) -> lis
     finally:
         for proc in procs:
             stop_group(proc, grace=5)
-
-
-def _readline(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
-    """One stdout line, or b"" if the deadline passes (the reader thread is abandoned)."""
-    stdout = proc.stdout
-    assert stdout is not None
-    box: list[bytes] = []
-    reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(max(0.1, deadline - time.monotonic()))
-    return box[0] if box else b""
 
 
 def size_label(size: int) -> str:

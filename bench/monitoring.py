@@ -66,7 +66,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -87,7 +86,7 @@ from _monitoring_load import (  # noqa: E402
     write_openmetrics,
 )
 from _procs import launch_scalelab as launch_scalelab_serve  # noqa: E402
-from _procs import package_version, run_main  # noqa: E402
+from _procs import log_tail, package_version, ratio, readline, run_main, tool_version  # noqa: E402
 from _s3 import free_port, spawn, stop_group, tree_cpu_seconds, tree_pids, tree_rss  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -199,21 +198,6 @@ class Plan:
 # -- small helpers -------------------------------------------------------------------------------
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    if not a or not b:
-        return None
-    return round(a / b, 4)
-
-
-def tool_version(cmd: Sequence[str]) -> str | None:
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else None
-
-
 def cpu_model() -> str | None:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -276,13 +260,6 @@ def file_bytes(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total
-
-
-def log_tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def block_sizes(block: Path) -> dict[str, int]:
@@ -716,31 +693,20 @@ def run_loader(
             start_new_session=True,
         )
     try:
-        line = _readline(proc, time.monotonic() + 60)
+        line = readline(proc, time.monotonic() + 60)
         if line.strip() != b"ready":
             raise RuntimeError(f"loader not ready (exit {proc.poll()}): {log_tail(log_path)}")
         on_ready()
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
-        line = _readline(proc, time.monotonic() + timeout + 60)
+        line = readline(proc, time.monotonic() + timeout + 60)
         if not line.strip():
             raise RuntimeError(f"loader gave no result (exit {proc.poll()}): {log_tail(log_path)}")
         result: dict[str, Any] = json.loads(line)
         return result
     finally:
         stop_group(proc, grace=5)
-
-
-def _readline(proc: subprocess.Popen[bytes], deadline: float) -> bytes:
-    """One stdout line, or b"" if the deadline passes (the reader thread is abandoned)."""
-    stdout = proc.stdout
-    assert stdout is not None
-    box: list[bytes] = []
-    reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(max(0.1, deadline - time.monotonic()))
-    return box[0] if box else b""
 
 
 def remote_write_load(
@@ -983,7 +949,7 @@ def scrape_targets(plan: Plan, root: Path) -> Iterator[tuple[list[int], dict[str
             start_new_session=True,
         )
     try:
-        line = _readline(proc, time.monotonic() + 60)
+        line = readline(proc, time.monotonic() + 60)
         if not line.strip():
             raise RuntimeError(
                 f"targets did not start (exit {proc.poll()}): {log_tail(root / 'targets.log')}"

@@ -79,7 +79,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import launch_scalelab as launch_scalelab_serve  # noqa: E402
-from _procs import package_version, run_main  # noqa: E402
+from _procs import log_tail, package_version, ratio, run_main, tool_version  # noqa: E402
 from _s3 import (  # noqa: E402
     HOST,
     Creds,
@@ -358,22 +358,6 @@ class Server:
 
     def raw(self, timeout: float = 600.0) -> RawS3:
         return RawS3(self.endpoint, self.creds, timeout)
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def tool_version(cmd: Sequence[str]) -> str | None:
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else None
 
 
 def weed_binary() -> str:
@@ -959,12 +943,6 @@ def figures(res: dict[str, Any]) -> dict[str, float]:
             out[f"boto3_{op}_p50_ms"] = entry["p50_ms"]
             out[f"boto3_{op}_p99_ms"] = entry["p99_ms"]
     return out
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if not a or not b:
-        return None
-    return round(a / b, 4)
 
 
 def ratios(figs: dict[str, dict[str, float]]) -> dict[str, Any]:
