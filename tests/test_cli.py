@@ -51,7 +51,7 @@ def test_settings_show_environment_names() -> None:
     [
         (["serve", "nosuch"], "unknown system"),
         (["serve", "maps"], "not implemented"),
-        (["settings", "hotel"], "not implemented"),
+        (["settings", "adclick"], "not implemented"),
         (["bench", "bogus"], "unknown system"),
     ],
 )
@@ -175,11 +175,24 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
         assert mon, text
         deadline = time.monotonic() + 60  # file_sd refresh (5 s) + the first scrape (<= 15 s)
         up: dict[str, str] = {}
-        while time.monotonic() < deadline and len(up) < 4:
+        while time.monotonic() < deadline and len(up) < 5:
             result = httpx.get(f"{mon.group(1)}/api/v1/query", params={"query": "up"}).json()
             up = {r["metric"]["system"]: r["value"][1] for r in result["data"]["result"]}
             time.sleep(0.5)
-        assert up == dict.fromkeys(["message_queue", "monitoring", "objectstore", "proximity"], "1")
+        assert up == dict.fromkeys(
+            ["hotel", "message_queue", "monitoring", "objectstore", "proximity"], "1"
+        )
+        hotel = re.search(r"hotel\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
+        staff = re.search(r"dev staff token: (\S+)", text)
+        assert hotel and staff, text
+        demo_hotel = httpx.get(f"{hotel.group(1)}/v1/hotels/1").json()
+        assert [t["name"] for t in demo_hotel["roomTypes"]] == ["Single", "Double", "Suite"]
+        created = httpx.post(
+            f"{hotel.group(1)}/v1/hotels",
+            json={"name": "From up"},
+            headers={"Authorization": f"Bearer {staff.group(1)}"},
+        )
+        assert created.status_code == 201, created.text
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         child_pids = [int(p) for p in children.stdout.split()]
         assert child_pids

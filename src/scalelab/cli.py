@@ -27,6 +27,7 @@ from rich.table import Table
 
 from scalelab import __version__, web
 from scalelab.config import DATA_ENV, DEFAULT_DATA, SettingsError
+from scalelab.hotel import cli as hotel_cli
 from scalelab.message_queue import cli as message_queue_cli
 from scalelab.monitoring import cli as monitoring_cli
 from scalelab.objectstore import cli as objectstore_cli
@@ -285,3 +286,4 @@ def list_systems() -> None:
 main.add_command(objectstore_cli.objectstore)
 main.add_command(message_queue_cli.message_queue)
 main.add_command(monitoring_cli.monitoring)
+main.add_command(hotel_cli.hotel)

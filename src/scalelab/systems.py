@@ -56,7 +56,7 @@ SYSTEMS: tuple[SystemInfo, ...] = (
     ),
     SystemInfo("monitoring", 5, "Metrics monitoring and alerting", "Prometheus API", 9090, 5, True),
     SystemInfo("adclick", 6, "Ad click event aggregation", "Kafka + REST", 8084, 8, False),
-    SystemInfo("hotel", 7, "Hotel reservation", "REST", 8085, 6, False),
+    SystemInfo("hotel", 7, "Hotel reservation", "REST", 8085, 6, True),
     SystemInfo("mail", 8, "Distributed email", "SMTP, IMAP, REST, WebSocket", 8086, 9, False),
     SystemInfo("objectstore", 9, "S3-like object storage", "S3 API", 9000, 3, True),
 )

@@ -1,0 +1,1 @@
+"""Hotel reservation (ch. 7): a REST service that never double-books, under any load."""
