@@ -25,7 +25,7 @@ from scalelab.hotel.model import (
 from scalelab.hotel.rates import list_rates, set_rates
 from scalelab.hotel.reservations import ReservationService
 from scalelab.hotel.status import Status
-from scalelab.web import error_response, json_response
+from scalelab.web import json_response
 
 router = APIRouter(prefix="/v1")
 
@@ -39,7 +39,8 @@ Authorization = Annotated[str | None, Header()]
 def hotel_error(request: Request, exc: Exception) -> Response:
     """Every domain error: its status, its code, its message and the details it names."""
     assert isinstance(exc, HotelError)
-    return error_response(exc.status, exc.code, str(exc), **exc.details)
+    body = {"error": {"code": exc.code, "message": str(exc), **exc.details}}
+    return json_response(body, exc.status)
 
 
 def _hotels(request: Request) -> HotelService:

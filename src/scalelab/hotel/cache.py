@@ -62,5 +62,13 @@ class InventoryCache:
         if nights:
             self.kv.delete(*(cache_key(hotel_id, room_type_id, n) for n in nights))
 
+    def invalidate_from(
+        self, hotel_id: int, room_type_ids: Sequence[int], first: date, last: date
+    ) -> None:
+        """Drop every night in [first, last] of the room types (staff changed inventory)."""
+        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        for room_type_id in room_type_ids:
+            self.invalidate(hotel_id, room_type_id, days)
+
     def close(self) -> None:
         self.kv.close()

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Connection, Row, delete, exc, func, insert, select, update
 
 from scalelab.hotel import schema
+from scalelab.hotel.cache import InventoryCache
 from scalelab.hotel.errors import InUse, InvalidRequest, NotFound
 from scalelab.hotel.model import HotelIn, RoomIn, RoomTypeIn, money, to_minor
 from scalelab.hotel.pricing import PricingRules
@@ -68,13 +69,27 @@ def room_json(row: Row[Any]) -> dict[str, Any]:
 
 class HotelService:
     def __init__(
-        self, shards: Shards, clock: Clock, *, horizon_days: int, default_overbooking: int
+        self,
+        shards: Shards,
+        clock: Clock,
+        *,
+        horizon_days: int,
+        default_overbooking: int,
+        cache: InventoryCache | None = None,
     ) -> None:
         self.shards = shards
         self.clock = clock
         self.horizon_days = horizon_days
         self.default_overbooking = default_overbooking
+        self.cache = cache
         self._next_shard = 0
+
+    def _forget(self, hotel_id: int, room_type_ids: list[int]) -> None:
+        """After staff rewrote future inventory: searches must not show the old counts."""
+        if self.cache is not None and room_type_ids:
+            self.cache.invalidate_from(
+                hotel_id, room_type_ids, today(self.clock), self.horizon_end()
+            )
 
     # -- hotels ------------------------------------------------------------------------
 
@@ -145,7 +160,10 @@ class HotelService:
                     {"overbook_pct": pct},
                     "lowering overbooking",
                 )
-        return self.get_hotel(hotel_id)
+        result = self.get_hotel(hotel_id)
+        if pct != old.overbooking_percent:
+            self._forget(hotel_id, [t["id"] for t in result["roomTypes"]])
+        return result
 
     def delete_hotel(self, hotel_id: int) -> None:
         shard = self.shards.for_hotel(hotel_id)
@@ -271,6 +289,8 @@ class HotelService:
                     "shrinking the inventory",
                 )
             row = self._room_type_row(conn, hotel_id, room_type_id)
+        if body.total_inventory != old.total_inventory:
+            self._forget(hotel_id, [room_type_id])
         return room_type_json(row, h.currency)
 
     def delete_room_type(self, hotel_id: int, room_type_id: int) -> None:

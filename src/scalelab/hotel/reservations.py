@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy import Connection, Row, and_, exc, select, update
 
 from scalelab.hotel import concurrency, rates, rooms
 from scalelab.hotel.cache import InventoryCache
@@ -120,21 +120,9 @@ class ReservationService:
 
     def create(self, guest_id: int, body: ReservationIn) -> tuple[int, bytes, bool]:
         """Book (and pay, when the body carries a payment): (status, JSON body, replayed)."""
-        h = self.hotels.hotel_row(body.hotel_id)
-        t = self.hotels.room_type_row(body.hotel_id, body.room_type_id)
-        check_stay(
-            body.start_date,
-            body.end_date,
-            first=today(self.clock),
-            last_end=self.hotels.horizon_end(),
-            max_nights=self.max_nights,
-        )
-        if body.guests > t.capacity * body.rooms:
-            raise InvalidRequest(
-                f"{body.rooms} room(s) of this type sleep at most {t.capacity * body.rooms}",
-                capacity=t.capacity,
-            )
         key = body.reservation_id
+        # The key first: a repeated request gets its original answer even when the same
+        # request would no longer validate (its check-in day passed, the hotel changed).
         claim = self.idempotency.claim(
             key, guest_id, body.hotel_id, fingerprint(guest_id, body.fingerprint_fields())
         )
@@ -142,9 +130,26 @@ class ReservationService:
             self._count("replayed")
             return claim.status, claim.body, True
         try:
+            h = self.hotels.hotel_row(body.hotel_id)
+            t = self.hotels.room_type_row(body.hotel_id, body.room_type_id)
+            check_stay(
+                body.start_date,
+                body.end_date,
+                first=today(self.clock),
+                last_end=self.hotels.horizon_end(),
+                max_nights=self.max_nights,
+            )
+            if body.guests > t.capacity * body.rooms:
+                raise InvalidRequest(
+                    f"{body.rooms} room(s) of this type sleep at most {t.capacity * body.rooms}",
+                    capacity=t.capacity,
+                )
             return (*self._book(guest_id, body, h, t, claim), False)
         except BaseException:
-            self.idempotency.abandon(key)  # nothing committed: the client may simply retry
+            # Nothing decided (invalid, or failed before booking): release the key so a
+            # corrected or retried request runs. A committed booking is found again by
+            # _book's IntegrityError path.
+            self.idempotency.abandon(key)
             raise
 
     def _book(
@@ -208,6 +213,15 @@ class ReservationService:
         except SoldOut as err:
             self._count("sold_out")
             result = (409, error_body(err))
+            self.idempotency.complete(key, *result)
+            return result
+        except exc.IntegrityError:
+            # The key's earlier request booked, then failed before recording its answer (and
+            # its claim was abandoned): the reservation row is the answer.
+            existing = self._row(shard, key)
+            if existing is None:
+                raise
+            result = (201, orjson.dumps(reservation_json(existing)))
             self.idempotency.complete(key, *result)
             return result
         self._invalidate(hold)
@@ -282,7 +296,9 @@ class ReservationService:
                     conn.execute(
                         select(reservation)
                         .where(and_(True, *conds))
-                        .order_by(reservation.c.created_at.desc())
+                        .order_by(
+                            reservation.c.created_at.desc(), reservation.c.reservation_id.desc()
+                        )
                         .limit(limit)
                     ).all()
                 )

@@ -120,6 +120,7 @@ def create_app(
             clock,
             horizon_days=settings.inventory_horizon_days,
             default_overbooking=settings.default_overbooking_percent,
+            cache=cache,
         )
         added = await anyio.to_thread.run_sync(hotels.extend_horizon)
         if added:
