@@ -212,6 +212,7 @@ class ReservationService:
             payload = self.strategy.reserve(shard.engine, hold, finish)
         except SoldOut as err:
             self._count("sold_out")
+            self._invalidate(hold)  # a search showed rooms that were gone: refresh it
             result = (409, error_body(err))
             self.idempotency.complete(key, *result)
             return result

@@ -111,7 +111,7 @@ def create_app(
         shards = Shards.open(database_urls(settings), schema_name=schema_name)
         await anyio.to_thread.run_sync(shards.create_schema)
         cache = (
-            InventoryCache(open_kv(settings.cache_url, namespace="hotel"), clock)
+            InventoryCache(open_kv(settings.cache_url, namespace=settings.cache_namespace), clock)
             if settings.cache_enabled
             else None
         )

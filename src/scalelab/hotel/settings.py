@@ -52,6 +52,9 @@ class HotelSettings(SystemSettings):
         None, "inventory cache for availability: in-process by default, redis://... to share"
     )
     cache_enabled: bool = setting(True, "read availability through the inventory cache")
+    cache_namespace: str = setting(
+        "hotel", "key prefix in the cache (deployments sharing one Redis need their own)"
+    )
     staff_token: str | None = setting(
         None, "bearer token of hotel staff (default: a dev token kept in the data dir)", secret=True
     )
