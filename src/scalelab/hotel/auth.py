@@ -58,7 +58,7 @@ class Auth:
         token = f"g-{secrets.token_urlsafe(24)}"
         now = self.clock()
         try:
-            with self.shards.directory.writer.begin() as conn:
+            with self.shards.directory.write() as conn:
                 guest_id = conn.execute(
                     insert(guest)
                     .values(name=body.name, email=body.email.lower(), created_at=now)

@@ -267,7 +267,7 @@ class Guarded:
     ) -> T:
         n = hold.rooms
         claimed = []
-        with sql.writing(engine).begin() as conn:
+        with sql.write_transaction(engine) as conn:
             for night in hold.nights():
                 row = conn.execute(_GUARDED, _night_params(hold, night, n=n)).first()
                 if row is None:
@@ -293,7 +293,7 @@ class Pessimistic:
         # SQLite has no row locks: BEGIN IMMEDIATE already made this transaction the only writer.
         read = _READ if sql.is_sqlite(engine) else _READ_FOR_UPDATE
         params = _range_params(hold)
-        with sql.writing(engine).begin() as conn:
+        with sql.write_transaction(engine) as conn:
             nights = _rows_to_nights(conn.execute(read, params).all(), hold)
             updated = conn.execute(_CLAIM_RANGE, {**params, "n": hold.rooms}).rowcount
             if updated != len(nights):  # cannot happen while we hold the locks
@@ -357,7 +357,7 @@ class Optimistic:
         nights: list[Night],
         finish: Callable[[Connection, list[Night]], T],
     ) -> T:
-        with sql.writing(engine).begin() as conn:
+        with sql.write_transaction(engine) as conn:
             for row, night in zip(rows, nights, strict=True):
                 params = _night_params(
                     hold, night.date, seen=row.version, new=night.reserved_before + hold.rooms
@@ -382,7 +382,7 @@ class Constraint:
     ) -> T:
         n = hold.rooms
         claimed = []
-        with sql.writing(engine).begin() as conn:
+        with sql.write_transaction(engine) as conn:
             for night in hold.nights():
                 try:
                     row = conn.execute(_BLIND, _night_params(hold, night, n=n)).first()

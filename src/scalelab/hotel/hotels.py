@@ -117,7 +117,7 @@ class HotelService:
         shard = self.shards.shards[self._next_shard % len(self.shards)]
         self._next_shard += 1
         now = self.clock()
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             hotel_id = schema.allocate_id(conn, "hotel", len(self.shards))
             conn.execute(
                 insert(hotel).values(
@@ -137,7 +137,7 @@ class HotelService:
 
     def replace_hotel(self, hotel_id: int, body: HotelIn) -> dict[str, Any]:
         shard = self.shards.for_hotel(hotel_id)
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             old = self._hotel_row(conn, hotel_id)
             pct = body.overbooking_percent or old.overbooking_percent
             conn.execute(
@@ -167,7 +167,7 @@ class HotelService:
 
     def delete_hotel(self, hotel_id: int) -> None:
         shard = self.shards.for_hotel(hotel_id)
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             self._hotel_row(conn, hotel_id)
             self._refuse_if_booked(conn, reservation.c.hotel_id == hotel_id, "hotel")
             conn.execute(
@@ -228,6 +228,13 @@ class HotelService:
             )
         return row
 
+    def hotel_and_room_type(self, hotel_id: int, room_type_id: int) -> tuple[Row[Any], Row[Any]]:
+        with self.shards.for_hotel(hotel_id).engine.connect() as conn:
+            return (
+                self._hotel_row(conn, hotel_id),
+                self._room_type_row(conn, hotel_id, room_type_id),
+            )
+
     def room_type_row(self, hotel_id: int, room_type_id: int) -> Row[Any]:
         with self.shards.for_hotel(hotel_id).engine.connect() as conn:
             return self._room_type_row(conn, hotel_id, room_type_id)
@@ -242,7 +249,7 @@ class HotelService:
 
     def create_room_type(self, hotel_id: int, body: RoomTypeIn) -> dict[str, Any]:
         shard = self.shards.for_hotel(hotel_id)
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             h = self._hotel_row(conn, hotel_id)
             room_type_id = conn.execute(
                 insert(room_type)
@@ -266,7 +273,7 @@ class HotelService:
         self, hotel_id: int, room_type_id: int, body: RoomTypeIn
     ) -> dict[str, Any]:
         shard = self.shards.for_hotel(hotel_id)
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             h = self._hotel_row(conn, hotel_id)
             old = self._room_type_row(conn, hotel_id, room_type_id)
             conn.execute(
@@ -295,7 +302,7 @@ class HotelService:
 
     def delete_room_type(self, hotel_id: int, room_type_id: int) -> None:
         shard = self.shards.for_hotel(hotel_id)
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             self._room_type_row(conn, hotel_id, room_type_id)
             self._refuse_if_booked(
                 conn,
@@ -366,7 +373,7 @@ class HotelService:
                     ).all()
                 )
             for t in types:
-                with shard.writer.begin() as conn:
+                with shard.write() as conn:
                     added += self._fill_inventory(
                         conn,
                         t.hotel_id,
@@ -414,7 +421,7 @@ class HotelService:
             "in_service": body.in_service,
         }
         try:
-            with shard.writer.begin() as conn:
+            with shard.write() as conn:
                 self._room_type_row(conn, hotel_id, body.room_type_id)
                 if room_id is None:
                     room_id = conn.execute(
@@ -438,7 +445,7 @@ class HotelService:
         return self._write_room(hotel_id, room_id, body)
 
     def delete_room(self, hotel_id: int, room_id: int) -> None:
-        with self.shards.for_hotel(hotel_id).writer.begin() as conn:
+        with self.shards.for_hotel(hotel_id).write() as conn:
             self._room_row(conn, hotel_id, room_id)
             busy = conn.execute(
                 select(func.count())

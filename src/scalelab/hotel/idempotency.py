@@ -56,7 +56,7 @@ class IdempotencyStore:
         shard = self.shards.for_key(key)
         now = self.clock()
         try:
-            with shard.writer.begin() as conn:
+            with shard.write() as conn:
                 conn.execute(
                     insert(idempotency).values(
                         key=key,
@@ -71,7 +71,7 @@ class IdempotencyStore:
             return Claimed(key, taken_over=False)
         except exc.IntegrityError:
             pass
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             row = conn.execute(select(idempotency).where(idempotency.c.key == key)).one_or_none()
             if row is None:  # abandoned and deleted between our insert and this read
                 raise RequestInFlight(f"reservation {key!r} is being processed; retry")
@@ -96,6 +96,43 @@ class IdempotencyStore:
             raise RequestInFlight(f"a request with reservationID {key!r} is in progress")
         return Claimed(key, taken_over=True)
 
+    def exists(self, key: str) -> bool:
+        with self.shards.for_key(key).engine.connect() as conn:
+            found = conn.execute(select(idempotency.c.key).where(idempotency.c.key == key)).first()
+        return found is not None
+
+    def insert_done(
+        self,
+        conn: Connection,
+        key: str,
+        guest_id: int,
+        hotel_id: int,
+        fp: str,
+        status: int,
+        body: bytes,
+    ) -> None:
+        """Record a finished request in the caller's transaction, with no in-flight step.
+
+        For a request whose work is one transaction on the key's own shard: a concurrent
+        duplicate's insert conflicts here (PostgreSQL makes it wait for our commit first), the
+        loser rolls back everything and then replays this answer through `claim`.
+        Raises IntegrityError when the key is already recorded.
+        """
+        now = self.clock()
+        conn.execute(
+            insert(idempotency).values(
+                key=key,
+                guest_id=guest_id,
+                hotel_id=hotel_id,
+                fingerprint=fp,
+                state="done",
+                lease_until=now,
+                response_status=status,
+                response_body=body.decode(),
+                created_at=now,
+            )
+        )
+
     def complete_in(self, conn: Connection, key: str, status: int, body: bytes) -> None:
         """Record the response inside the caller's transaction (same shard as the key)."""
         conn.execute(
@@ -105,12 +142,12 @@ class IdempotencyStore:
         )
 
     def complete(self, key: str, status: int, body: bytes) -> None:
-        with self.shards.for_key(key).writer.begin() as conn:
+        with self.shards.for_key(key).write() as conn:
             self.complete_in(conn, key, status, body)
 
     def abandon(self, key: str) -> None:
         """Forget an in-flight claim whose request failed before it booked: a retry may run."""
-        with self.shards.for_key(key).writer.begin() as conn:
+        with self.shards.for_key(key).write() as conn:
             conn.execute(
                 delete(idempotency).where(
                     idempotency.c.key == key, idempotency.c.state == "in_flight"

@@ -37,7 +37,7 @@ def set_rates(
 ) -> int:
     """Upsert (delete then insert, in one transaction) the given dates' rates."""
     values = {r.date: to_minor(r.price, currency) for r in body.rates}
-    with shards.for_hotel(hotel_id).writer.begin() as conn:
+    with shards.for_hotel(hotel_id).write() as conn:
         conn.execute(
             delete(room_type_rate).where(
                 room_type_rate.c.hotel_id == hotel_id,

@@ -84,6 +84,10 @@ def error_body(err: HotelError, **extra: Any) -> bytes:
     return orjson.dumps({"error": {"code": err.code, "message": str(err), **err.details}, **extra})
 
 
+class _KeyTaken(Exception):
+    """The one-step path lost its key to a concurrent request with the same reservationID."""
+
+
 class ReservationService:
     def __init__(
         self,
@@ -121,30 +125,28 @@ class ReservationService:
     def create(self, guest_id: int, body: ReservationIn) -> tuple[int, bytes, bool]:
         """Book (and pay, when the body carries a payment): (status, JSON body, replayed)."""
         key = body.reservation_id
+        fp = fingerprint(guest_id, body.fingerprint_fields())
+        one_step = (
+            self.shards.for_key(key) is self.shards.for_hotel(body.hotel_id)
+            and body.payment is None
+        )
+        if one_step and not self.idempotency.exists(key):
+            # A new key whose whole answer is one transaction on one database: the record is
+            # written as done inside the booking (one commit instead of three).
+            h, t = self._validate(body)
+            try:
+                return (*self._book(guest_id, body, h, t, None, fp), False)
+            except _KeyTaken:
+                pass  # a concurrent request with this key won: answer as it did, below
         # The key first: a repeated request gets its original answer even when the same
         # request would no longer validate (its check-in day passed, the hotel changed).
-        claim = self.idempotency.claim(
-            key, guest_id, body.hotel_id, fingerprint(guest_id, body.fingerprint_fields())
-        )
+        claim = self.idempotency.claim(key, guest_id, body.hotel_id, fp)
         if isinstance(claim, Replay):
             self._count("replayed")
             return claim.status, claim.body, True
         try:
-            h = self.hotels.hotel_row(body.hotel_id)
-            t = self.hotels.room_type_row(body.hotel_id, body.room_type_id)
-            check_stay(
-                body.start_date,
-                body.end_date,
-                first=today(self.clock),
-                last_end=self.hotels.horizon_end(),
-                max_nights=self.max_nights,
-            )
-            if body.guests > t.capacity * body.rooms:
-                raise InvalidRequest(
-                    f"{body.rooms} room(s) of this type sleep at most {t.capacity * body.rooms}",
-                    capacity=t.capacity,
-                )
-            return (*self._book(guest_id, body, h, t, claim), False)
+            h, t = self._validate(body)
+            return (*self._book(guest_id, body, h, t, claim, fp), False)
         except BaseException:
             # Nothing decided (invalid, or failed before booking): release the key so a
             # corrected or retried request runs. A committed booking is found again by
@@ -152,13 +154,38 @@ class ReservationService:
             self.idempotency.abandon(key)
             raise
 
+    def _validate(self, body: ReservationIn) -> tuple[Row[Any], Row[Any]]:
+        """The hotel and room type rows, once the request is known to make sense."""
+        h, t = self.hotels.hotel_and_room_type(body.hotel_id, body.room_type_id)
+        check_stay(
+            body.start_date,
+            body.end_date,
+            first=today(self.clock),
+            last_end=self.hotels.horizon_end(),
+            max_nights=self.max_nights,
+        )
+        if body.guests > t.capacity * body.rooms:
+            raise InvalidRequest(
+                f"{body.rooms} room(s) of this type sleep at most {t.capacity * body.rooms}",
+                capacity=t.capacity,
+            )
+        return h, t
+
     def _book(
-        self, guest_id: int, body: ReservationIn, h: Row[Any], t: Row[Any], claim: Claimed
+        self,
+        guest_id: int,
+        body: ReservationIn,
+        h: Row[Any],
+        t: Row[Any],
+        claim: Claimed | None,
+        fp: str,
     ) -> Response:
+        """Claim the rooms and write the reservation. claim None: the one-step path, where
+        the idempotency record is inserted as done in the same transaction."""
         key = body.reservation_id
         shard = self.shards.for_hotel(body.hotel_id)
         atomic = self.shards.for_key(key) is shard and body.payment is None
-        if claim.taken_over:
+        if claim is not None and claim.taken_over:
             # The request that held this key died; did its booking commit?
             existing = self._row(shard, key)
             if existing is not None:
@@ -204,7 +231,9 @@ class ReservationService:
             )
             row = conn.execute(select(reservation).where(reservation.c.reservation_id == key)).one()
             payload = orjson.dumps(reservation_json(row))
-            if atomic:
+            if claim is None:
+                self.idempotency.insert_done(conn, key, guest_id, body.hotel_id, fp, 201, payload)
+            elif atomic:
                 self.idempotency.complete_in(conn, key, 201, payload)
             return payload
 
@@ -214,9 +243,20 @@ class ReservationService:
             self._count("sold_out")
             self._invalidate(hold)  # a search showed rooms that were gone: refresh it
             result = (409, error_body(err))
-            self.idempotency.complete(key, *result)
+            if claim is None:
+                try:
+                    with self.shards.for_key(key).write() as conn:
+                        self.idempotency.insert_done(
+                            conn, key, guest_id, body.hotel_id, fp, *result
+                        )
+                except exc.IntegrityError:
+                    raise _KeyTaken from None
+            else:
+                self.idempotency.complete(key, *result)
             return result
         except exc.IntegrityError:
+            if claim is None:
+                raise _KeyTaken from None
             # The key's earlier request booked, then failed before recording its answer (and
             # its claim was abandoned): the reservation row is the answer.
             existing = self._row(shard, key)
@@ -312,7 +352,7 @@ class ReservationService:
         self, shard: Shard, reservation_id: str, event: Event, **values: Any
     ) -> Row[Any]:
         """Apply event in one transaction; leaving a holding status releases the rooms."""
-        with shard.writer.begin() as conn:
+        with shard.write() as conn:
             q = select(reservation).where(reservation.c.reservation_id == reservation_id)
             if not shard.is_sqlite:
                 q = q.with_for_update()
@@ -430,7 +470,7 @@ class ReservationService:
                 f"check-in is open from {row.start_date} until the last night before {row.end_date}"
             )
         assigned = rooms.assign_rooms(
-            shard.writer,
+            shard.engine,
             reservation_id=reservation_id,
             hotel_id=row.hotel_id,
             room_type_id=row.room_type_id,

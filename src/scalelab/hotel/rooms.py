@@ -56,7 +56,7 @@ def assign_rooms(
         raise InvalidRequest("assign at least one room", rooms=rooms)
     for _attempt in range(MAX_ATTEMPTS):
         try:
-            with sql.writing(engine).begin() as conn:
+            with sql.write_transaction(engine) as conn:
                 return _assign_once(
                     conn,
                     reservation_id=reservation_id,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from scalelab.hotel import schema
 from scalelab.storage import sql
@@ -25,7 +26,10 @@ from scalelab.storage import sql
 class Shard:
     index: int
     engine: Engine
-    writer: Engine  # the same engine; SQLite transactions through it BEGIN IMMEDIATE
+
+    def write(self) -> AbstractContextManager[Connection]:
+        """A write transaction (on SQLite: BEGIN IMMEDIATE, writers queued in order)."""
+        return sql.write_transaction(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -36,7 +40,7 @@ class Shards:
     def __init__(self, engines: Sequence[Engine]) -> None:
         if not engines:
             raise ValueError("at least one database is needed")
-        self.shards = tuple(Shard(i, e, sql.writing(e)) for i, e in enumerate(engines))
+        self.shards = tuple(Shard(i, e) for i, e in enumerate(engines))
 
     @classmethod
     def open(cls, urls: Sequence[str], *, schema_name: str | None = None) -> Shards:

@@ -8,8 +8,11 @@ so two writers queue instead of failing on a lock upgrade. PostgreSQL goes throu
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,38 @@ def _sqlite_engine(url: str) -> Engine:
 def writing(engine: Engine) -> Engine:
     """The same engine, but SQLite transactions take the write lock at BEGIN."""
     return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
+_WRITER_LOCKS: dict[str, threading.RLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock | None:
+    if not is_sqlite(engine):
+        return None
+    key = str(engine.url.database)
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; on SQLite, this process's writers first queue on a lock, in order.
+
+    SQLite's busy handler makes a waiting writer sleep and poll (1, 2, 5 ... 100 ms), so under
+    contention a writer can lose the race for the lock again and again: a p99 of a second at
+    16 concurrent writers where the median is 19 ms. A Python lock per database file hands the
+    write lock over as soon as the previous transaction has committed (other processes still
+    meet the busy handler). Re-entrant, so a nested call fails on SQLite's busy timeout rather
+    than deadlocking. PostgreSQL has row locks and needs none of this.
+    """
+    lock = _writer_lock(engine)
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, writing(engine).begin() as conn:
+        yield conn
 
 
 def create_schema(engine: Engine, metadata: MetaData) -> None:
