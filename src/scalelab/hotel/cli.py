@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from sqlalchemy import exc
 from sqlalchemy.engine import make_url
 
 from scalelab.hotel.audit import audit
@@ -24,9 +27,14 @@ def audit_command(database_url: str | None, show: int) -> None:
     urls = [database_url] if database_url else database_urls(HotelSettings.from_env())
     bad = False
     for url in urls:
+        parsed = make_url(sql.normalize_url(url))
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+            raise click.ClickException(f"{url}: no hotel database there")
         engine = sql.create_engine(url, pool_size=1)
         try:
             report = audit(engine)
+        except exc.DBAPIError as error:  # reachable, but not a hotel database
+            raise click.ClickException(f"{url}: {error.orig}") from None
         finally:
             engine.dispose()
         click.echo(

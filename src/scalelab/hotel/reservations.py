@@ -387,12 +387,18 @@ class ReservationService:
         status = Status(row.status)
         if status in (Status.CANCELLED, Status.REFUNDED):
             return reservation_json(row)
-        if status is Status.PAID:
-            new = self._transition(shard, reservation_id, Event.REFUND, cancel_reason="guest")
-            if row.payment_ref:
-                self.provider.refund(row.payment_ref)
-            return reservation_json(new)
-        new = self._transition(shard, reservation_id, Event.CANCEL, cancel_reason="guest")
+        event = Event.REFUND if status is Status.PAID else Event.CANCEL
+        try:
+            new = self._transition(shard, reservation_id, event, cancel_reason="guest")
+        except InvalidTransition:
+            # Another cancel (or the expiry sweeper) got there between our read and our
+            # transaction: if it ended where we were going, repeating it is harmless.
+            _, now = self._locate(reservation_id, guest_id)
+            if now.status in (Status.CANCELLED.value, Status.REFUNDED.value):
+                return reservation_json(now)
+            raise
+        if event is Event.REFUND and row.payment_ref:
+            self.provider.refund(row.payment_ref)
         return reservation_json(new)
 
     def pay(self, reservation_id: str, guest_id: int | None, method: str) -> dict[str, Any]:
