@@ -2,7 +2,8 @@
 draft's semantics.
 
 - First request with a key: an `in_flight` record is committed before any work, on the key's
-  home shard, so a concurrent duplicate sees it.
+  home shard, so a concurrent duplicate sees it; or, when the whole answer is one transaction
+  on that shard, the record is inserted as done inside it (`insert_done`).
 - Same key, same request, finished: the stored response (status and body) is replayed and
   nothing is booked again.
 - Same key, different request (another body, or another guest): 422.
