@@ -7,6 +7,7 @@ service cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -43,9 +44,9 @@ def _postgres_admin() -> Engine:
     return engine
 
 
-@pytest.fixture
-def postgres_schema() -> Iterator[str]:
-    """A fresh PostgreSQL schema, dropped afterwards; yields a URL-ready schema name."""
+@contextlib.contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """A new PostgreSQL schema, dropped on exit (skips the test if PostgreSQL is down)."""
     admin = _postgres_admin()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with admin.begin() as conn:
@@ -56,6 +57,13 @@ def postgres_schema() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards; yields a URL-ready schema name."""
+    with fresh_postgres_schema() as schema:
+        yield schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import types
 import typing
 from collections.abc import Mapping
@@ -83,6 +84,17 @@ class SystemSettings:
         path = self.data / self.system
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def dev_secret(self, configured: str | None, filename: str, prefix: str) -> str:
+        """The configured secret, or a dev one generated once and kept (0600) in the data dir,
+        so a laptop run needs no set-up and a restart keeps the same key."""
+        if configured:
+            return configured
+        path = self.data_dir / filename
+        if not path.exists():
+            path.write_text(f"{prefix}-{secrets.token_urlsafe(18)}\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:

@@ -7,7 +7,6 @@ and a guest's history cross shards; the concurrency guarantee holds on every sha
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Table, func, select, text
+from sqlalchemy import Engine, Table, func, select
 
 from scalelab.hotel.audit import audit
 from scalelab.hotel.schema import (
@@ -28,7 +27,7 @@ from scalelab.hotel.schema import (
     room_type_inventory,
 )
 from scalelab.storage import sql
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, fresh_postgres_schema
 from tests.hotel.conftest import HotelApi, StartHotel
 from tests.hotel.test_race import (
     STRATEGIES,
@@ -60,16 +59,8 @@ def schema_url(schema: str) -> str:
 @pytest.fixture
 def second_schema(postgres_schema: str) -> Iterator[str]:
     """Another fresh schema beside postgres_schema (which proves PostgreSQL is reachable)."""
-    admin = sql.create_engine(POSTGRES_URL, pool_size=1)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
+    with fresh_postgres_schema() as schema:
         yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -249,6 +249,36 @@ def _rows_to_nights(rows: Sequence[Any], hold: Hold) -> list[Night]:
     return result
 
 
+def _claim_each_night(
+    engine: Engine,
+    hold: Hold,
+    finish: Callable[[Connection, list[Night]], T],
+    statement: Any,
+    *,
+    check_refuses: bool,
+) -> T:
+    """Run statement (an UPDATE ... RETURNING) per night in ascending order, then finish.
+
+    No row back: that night was full (or has no row; _refusal looks). check_refuses: a
+    violation of the CHECK `inventory_not_oversold` means "full" rather than a bug.
+    """
+    n = hold.rooms
+    claimed = []
+    with sql.write_transaction(engine) as conn:
+        for night in hold.nights():
+            try:
+                row = conn.execute(statement, _night_params(hold, night, n=n)).first()
+            except exc.IntegrityError as error:
+                if not check_refuses or schema.OVERSOLD_CHECK not in str(error.orig):
+                    raise
+                raise _Short(night) from None  # a later night may lack a row: look
+            if row is None:
+                raise _Short(night)
+            total_inventory, total_reserved, overbook_pct = row
+            claimed.append(Night(night, total_inventory, total_reserved - n, overbook_pct))
+        return finish(conn, claimed)
+
+
 # --- the strategies -------------------------------------------------------------------------------
 
 
@@ -265,16 +295,8 @@ class Guarded:
     def _attempt(
         self, engine: Engine, hold: Hold, finish: Callable[[Connection, list[Night]], T]
     ) -> T:
-        n = hold.rooms
-        claimed = []
-        with sql.write_transaction(engine) as conn:
-            for night in hold.nights():
-                row = conn.execute(_GUARDED, _night_params(hold, night, n=n)).first()
-                if row is None:
-                    raise _Short(night)
-                total_inventory, total_reserved, overbook_pct = row
-                claimed.append(Night(night, total_inventory, total_reserved - n, overbook_pct))
-            return finish(conn, claimed)
+        # The WHERE refuses an oversell, so the CHECK firing here would be a bug: let it raise.
+        return _claim_each_night(engine, hold, finish, _GUARDED, check_refuses=False)
 
 
 class Pessimistic:
@@ -380,21 +402,7 @@ class Constraint:
     def _attempt(
         self, engine: Engine, hold: Hold, finish: Callable[[Connection, list[Night]], T]
     ) -> T:
-        n = hold.rooms
-        claimed = []
-        with sql.write_transaction(engine) as conn:
-            for night in hold.nights():
-                try:
-                    row = conn.execute(_BLIND, _night_params(hold, night, n=n)).first()
-                except exc.IntegrityError as error:
-                    if schema.OVERSOLD_CHECK not in str(error.orig):
-                        raise
-                    raise _Short(night) from None  # a later night may lack a row: look
-                if row is None:
-                    raise _Short(night)  # no row at all: _refusal names it
-                total_inventory, total_reserved, overbook_pct = row
-                claimed.append(Night(night, total_inventory, total_reserved - n, overbook_pct))
-            return finish(conn, claimed)
+        return _claim_each_night(engine, hold, finish, _BLIND, check_refuses=True)
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {

@@ -58,17 +58,7 @@ class IdempotencyStore:
         now = self.clock()
         try:
             with shard.write() as conn:
-                conn.execute(
-                    insert(idempotency).values(
-                        key=key,
-                        guest_id=guest_id,
-                        hotel_id=hotel_id,
-                        fingerprint=fp,
-                        state="in_flight",
-                        lease_until=now + self.lease,
-                        created_at=now,
-                    )
-                )
+                self._insert(conn, key, guest_id, hotel_id, fp, "in_flight", now + self.lease)
             return Claimed(key, taken_over=False)
         except exc.IntegrityError:
             pass
@@ -119,18 +109,31 @@ class IdempotencyStore:
         loser rolls back everything and then replays this answer through `claim`.
         Raises IntegrityError when the key is already recorded.
         """
-        now = self.clock()
+        self._insert(conn, key, guest_id, hotel_id, fp, "done", self.clock(), status, body)
+
+    def _insert(
+        self,
+        conn: Connection,
+        key: str,
+        guest_id: int,
+        hotel_id: int,
+        fp: str,
+        state: str,
+        lease_until: float,
+        status: int | None = None,
+        body: bytes | None = None,
+    ) -> None:
         conn.execute(
             insert(idempotency).values(
                 key=key,
                 guest_id=guest_id,
                 hotel_id=hotel_id,
                 fingerprint=fp,
-                state="done",
-                lease_until=now,
+                state=state,
+                lease_until=lease_until,
                 response_status=status,
-                response_body=body.decode(),
-                created_at=now,
+                response_body=None if body is None else body.decode(),
+                created_at=self.clock(),
             )
         )
 

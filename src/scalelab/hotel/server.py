@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -55,13 +54,7 @@ def database_urls(settings: HotelSettings) -> list[str]:
 
 def staff_token(settings: HotelSettings) -> str:
     """The configured token, or a dev token generated once and kept in the data dir."""
-    if settings.staff_token:
-        return settings.staff_token
-    path = settings.data_dir / "dev-staff-token"
-    if not path.exists():
-        path.write_text(f"staff-{secrets.token_urlsafe(18)}\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return settings.dev_secret(settings.staff_token, "dev-staff-token", "staff")
 
 
 class _Stats(Collector):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -60,13 +59,7 @@ def register_index_kind(name: str, factory: IndexFactory) -> None:
 
 def dev_api_key(settings: ProximitySettings) -> str:
     """The configured key, or a dev key generated once and kept in the data dir."""
-    if settings.api_key:
-        return settings.api_key
-    path = settings.data_dir / "dev-api-key"
-    if not path.exists():
-        path.write_text(f"dev-{secrets.token_urlsafe(18)}\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return settings.dev_secret(settings.api_key, "dev-api-key", "dev")
 
 
 def database_url(settings: ProximitySettings) -> str:
