@@ -175,7 +175,7 @@ def test_room_crud_and_duplicate_number(api: HotelApi) -> None:
         api.http.post(rooms, json={"roomTypeID": type_id, "number": "102"}, headers=api.staff),
         201,
     )
-    assert api.ok(api.http.get(rooms)) == {"rooms": [created, other]}
+    assert api.ok(api.http.get(rooms, headers=api.staff)) == {"rooms": [created, other]}
     # Renumbering a room onto another's number is the same conflict.
     renumber = {"roomTypeID": type_id, "number": "101"}
     error(api.http.put(f"{rooms}/{other['id']}", json=renumber, headers=api.staff), 409, "in_use")
@@ -183,13 +183,13 @@ def test_room_crud_and_duplicate_number(api: HotelApi) -> None:
     new = {"roomTypeID": type_id, "number": "101A", "floor": 2, "inService": False}
     replaced = api.ok(api.http.put(f"{rooms}/{room_id}", json=new, headers=api.staff))
     assert replaced == {**created, "number": "101A", "floor": 2, "inService": False}
-    assert api.ok(api.http.get(f"{rooms}/{room_id}")) == replaced
+    assert api.ok(api.http.get(f"{rooms}/{room_id}", headers=api.staff)) == replaced
 
     r = api.http.delete(f"{rooms}/{room_id}", headers=api.staff)
     assert r.status_code == 204
-    err = error(api.http.get(f"{rooms}/{room_id}"), 404, "not_found")
+    err = error(api.http.get(f"{rooms}/{room_id}", headers=api.staff), 404, "not_found")
     assert err["roomID"] == room_id
-    assert api.ok(api.http.get(rooms)) == {"rooms": [other]}
+    assert api.ok(api.http.get(rooms, headers=api.staff)) == {"rooms": [other]}
     # A room of a room type the hotel does not have.
     bad = api.http.post(rooms, json={"roomTypeID": 9999, "number": "9"}, headers=api.staff)
     error(bad, 404, "not_found")
@@ -233,7 +233,7 @@ def test_unknown_hotel_and_room_type_are_404_json(api: HotelApi) -> None:
     responses = {
         "get hotel": api.http.get(f"/v1/hotels/{missing}"),
         "list room types": api.http.get(f"/v1/hotels/{missing}/room-types"),
-        "list rooms": api.http.get(f"/v1/hotels/{missing}/rooms"),
+        "list rooms": api.http.get(f"/v1/hotels/{missing}/rooms", headers=api.staff),
         "availability": api.http.get(f"/v1/hotels/{missing}/availability", params=stay),
         "get room type": api.http.get(f"/v1/hotels/{hotel_id}/room-types/{missing}"),
         "room type of another hotel": api.http.get(f"/v1/hotels/{missing}/room-types/{type_id}"),
@@ -308,6 +308,8 @@ def test_guest_token_on_every_staff_endpoint_is_403(api: HotelApi) -> None:
         ("PUT", f"{h}/rooms/{room['id']}", rm),
         ("DELETE", f"{h}/rooms/{room['id']}", None),
         ("PUT", f"{h}/room-types/{type_id}/rates", rates),
+        ("GET", f"{h}/rooms", None),
+        ("GET", f"{h}/rooms/{room['id']}", None),
     ]
     got = {
         (method, path): api.http.request(method, path, json=body, headers=guest)
@@ -319,7 +321,7 @@ def test_guest_token_on_every_staff_endpoint_is_403(api: HotelApi) -> None:
     # None of them had an effect.
     hotel = api.ok(api.http.get(h))
     assert hotel["name"] == "Hotel" and [t["name"] for t in hotel["roomTypes"]] == ["Double"]
-    assert api.ok(api.http.get(f"{h}/rooms")) == {"rooms": [room]}
+    assert api.ok(api.http.get(f"{h}/rooms", headers=api.staff)) == {"rooms": [room]}
     got_rates = api.ok(
         api.http.get(
             f"{h}/room-types/{type_id}/rates",

@@ -178,13 +178,20 @@ def put_rates(
     )
 
 
+# Concrete rooms are the hotel's business (guests book room types): staff only, reads too.
 @router.get("/hotels/{hotel_id}/rooms")
-def list_rooms(request: Request, hotel_id: HotelId) -> Response:
+def list_rooms(
+    request: Request, hotel_id: HotelId, authorization: Authorization = None
+) -> Response:
+    _staff(request, authorization)
     return json_response({"rooms": _hotels(request).list_rooms(hotel_id)})
 
 
 @router.get("/hotels/{hotel_id}/rooms/{room_id}")
-def get_room(request: Request, hotel_id: HotelId, room_id: RoomId) -> Response:
+def get_room(
+    request: Request, hotel_id: HotelId, room_id: RoomId, authorization: Authorization = None
+) -> Response:
+    _staff(request, authorization)
     return json_response(_hotels(request).get_room(hotel_id, room_id))
 
 
