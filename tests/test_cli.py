@@ -68,6 +68,14 @@ def test_bad_setting_in_environment_is_reported() -> None:
     assert "SCALELAB_PROXIMITY_INDEX_REFRESH_SECONDS" in result.output
 
 
+def test_unknown_hotel_strategy_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"SCALELAB_DATA": str(tmp_path), "SCALELAB_HOTEL_CONCURRENCY": "bogus"}
+    result = CliRunner().invoke(main, ["serve", "hotel", "--port", "0"], env=env)
+    assert result.exit_code != 0
+    assert "SCALELAB_HOTEL_CONCURRENCY" in result.output and "pessimistic" in result.output
+    assert "Traceback" not in result.output
+
+
 class Lines:
     """Collects a child's output lines in a thread so the test can wait for one."""
 

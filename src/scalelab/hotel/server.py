@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from scalelab.config import SettingsError
 from scalelab.hotel import demo
 from scalelab.hotel.api import hotel_error, router
 from scalelab.hotel.auth import Auth
@@ -97,7 +98,10 @@ def create_app(
 ) -> FastAPI:
     """The hotel API. clock and provider are for tests (virtual time, scripted payments);
     schema_name puts PostgreSQL tables in that schema (tests use one per run)."""
-    make_strategy(settings.concurrency)  # refuse an unknown strategy before starting
+    try:
+        make_strategy(settings.concurrency)  # refuse an unknown strategy before starting
+    except ValueError as exc:
+        raise SettingsError(f"SCALELAB_HOTEL_CONCURRENCY: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
