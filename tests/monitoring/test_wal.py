@@ -266,6 +266,43 @@ def test_concurrent_commits_share_one_fsync(
     assert len(open_wal(tmp_path)[1]) == 8
 
 
+def test_a_sync_waits_out_a_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that reaches sync while another one rotates (the segment's fd briefly closed)
+    waits for the rotation; it once answered "WAL is not open" and failed a remote-write."""
+    log, _ = open_wal(tmp_path, segment_bytes=wal.SEGMENT_HEADER.size + 64)
+    pending = log.log([(1, UP)])  # written, not yet synced
+    rotating, release = threading.Event(), threading.Event()
+    real = wal._create_segment
+
+    def slow_create(path: Path, index: int) -> int:
+        rotating.set()
+        assert release.wait(10)
+        return real(path, index)
+
+    monkeypatch.setattr(wal, "_create_segment", slow_create)
+    big = [(i, (("__name__", f"metric_{i}"),)) for i in range(2, 6)]
+    rotator = threading.Thread(target=log.commit, args=(big,))
+    rotator.start()
+    assert rotating.wait(10)  # inside _rotate, with the old segment's fd closed
+    errors: list[BaseException] = []
+
+    def sync_pending() -> None:
+        try:
+            log.sync(pending)
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=sync_pending)
+    waiter.start()
+    waiter.join(0.2)  # it must be waiting, not failing
+    release.set()
+    for t in (rotator, waiter):
+        t.join(10)
+    assert errors == []
+    log.close()
+    assert len(open_wal(tmp_path)[1]) == 2
+
+
 def test_a_failed_fsync_poisons_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log, _ = open_wal(tmp_path)
 

@@ -439,10 +439,10 @@ class WAL:
         """Return once everything up to token is on disk; one fdatasync serves all waiters."""
         with self._cond:
             while self._synced < token:
-                self._check()
-                if self._syncing:
+                if self._syncing:  # a sync or a rotation (fd briefly closed) is under way
                     self._cond.wait()
                     continue
+                self._check()
                 self._syncing = True
                 target, fd = self._written, self._fd
                 break
