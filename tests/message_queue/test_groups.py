@@ -46,7 +46,10 @@ class GroupMember(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
-        self.join(15)
+        if self.is_alive() or self.ident is not None:
+            self.join(15)
+        else:  # never started: run() would have closed the consumer
+            self.consumer.close()
 
 
 def wait_until(check: Callable[[], bool], seconds: float = 60.0) -> None:
@@ -63,21 +66,25 @@ def test_three_consumers_share_six_partitions_and_rebalance_when_one_leaves(
     admin.create_topics([NewTopic("shared", num_partitions=6, replication_factor=1)])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-    for i in range(300):
-        producer.send("shared", key=b"%d" % i, value=b"%d" % i)
-    producer.flush()
-    members = [GroupMember(broker.bootstrap, "g1", "shared") for _ in range(3)]
-    for m in members:
-        m.start()
-    wait_until(lambda: sorted(len(m.assigned) for m in members) == [2, 2, 2])
-    assert set().union(*(m.assigned for m in members)) == set(range(6))
-    wait_until(lambda: sum(len(m.values) for m in members) >= 300)
-    members[0].stop()  # leaves the group: the other two take over its partitions
-    rest = members[1:]
-    wait_until(lambda: sorted(len(m.assigned) for m in rest) == [3, 3])
-    assert set().union(*(m.assigned for m in rest)) == set(range(6))
-    for m in rest:
-        m.stop()
+    members: list[GroupMember] = []
+    try:  # whatever happens, close every client: a leaked socket fails later, unrelated tests
+        for i in range(300):
+            producer.send("shared", key=b"%d" % i, value=b"%d" % i)
+        producer.flush()
+        members += [GroupMember(broker.bootstrap, "g1", "shared") for _ in range(3)]
+        for m in members:
+            m.start()
+        wait_until(lambda: sorted(len(m.assigned) for m in members) == [2, 2, 2])
+        assert set().union(*(m.assigned for m in members)) == set(range(6))
+        wait_until(lambda: sum(len(m.values) for m in members) >= 300)
+        members[0].stop()  # leaves the group: the other two take over its partitions
+        rest = members[1:]
+        wait_until(lambda: sorted(len(m.assigned) for m in rest) == [3, 3])
+        assert set().union(*(m.assigned for m in rest)) == set(range(6))
+    finally:
+        producer.close()
+        for m in members:
+            m.stop()
     everything = [v for m in members for v in m.values]
     assert len(set(everything)) == 300
 
@@ -174,6 +181,7 @@ def test_survivors_take_over_every_partition_when_a_member_is_killed(
     admin.create_topics([NewTopic("crashy", num_partitions=6, replication_factor=1)])
     admin.close()
     members: list[MemberProcess] = []
+    producer: KafkaProducer | None = None
     try:
         members += [MemberProcess(broker.bootstrap, "g3", "crashy") for _ in range(3)]
         wait_until(lambda: sorted(len(m.assigned) for m in members) == [2, 2, 2])
@@ -185,10 +193,11 @@ def test_survivors_take_over_every_partition_when_a_member_is_killed(
         for value in sorted(after):  # keyed: every partition gets some, the victim's included
             producer.send("crashy", key=value.encode(), value=value.encode())
         producer.flush()
-        producer.close()
         wait_until(lambda: sorted(len(m.assigned) for m in rest) == [3, 3])
         assert set().union(*(m.assigned for m in rest)) == set(range(6))
         wait_until(lambda: after <= rest[0].values | rest[1].values)
     finally:
+        if producer is not None:
+            producer.close()
         for m in members:
             m.kill()
