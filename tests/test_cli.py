@@ -183,12 +183,13 @@ def test_up_demo_serves_search_and_console_then_stops_on_ctrl_c(tmp_path: Path) 
         assert mon, text
         deadline = time.monotonic() + 60  # file_sd refresh (5 s) + the first scrape (<= 15 s)
         up: dict[str, str] = {}
-        while time.monotonic() < deadline and len(up) < 5:
+        while time.monotonic() < deadline and len(up) < 6:
             result = httpx.get(f"{mon.group(1)}/api/v1/query", params={"query": "up"}).json()
             up = {r["metric"]["system"]: r["value"][1] for r in result["data"]["result"]}
             time.sleep(0.5)
         assert up == dict.fromkeys(
-            ["hotel", "message_queue", "monitoring", "objectstore", "proximity"], "1"
+            ["hotel", "message_queue", "monitoring", "nearby_friends", "objectstore", "proximity"],
+            "1",
         )
         hotel = re.search(r"hotel\s*│\s*(http://127\.0\.0\.1:\d+)\s*│\s*healthy", text)
         staff = re.search(r"dev staff token: (\S+)", text)

@@ -49,7 +49,7 @@ class SystemInfo:
 
 SYSTEMS: tuple[SystemInfo, ...] = (
     SystemInfo("proximity", 1, "Proximity service", "REST", 8081, 2, True),
-    SystemInfo("nearby_friends", 2, "Nearby friends", "WebSocket + REST", 8082, 7, False),
+    SystemInfo("nearby_friends", 2, "Nearby friends", "WebSocket + REST", 8082, 7, True),
     SystemInfo("maps", 3, "Google Maps", "REST + PNG tiles", 8083, 10, False),
     SystemInfo(
         "message_queue", 4, "Distributed message queue", "Kafka wire protocol", 9092, 4, True

@@ -244,7 +244,19 @@ class _Server(uvicorn.Server):
 
     Stock uvicorn re-raises the captured signal after shutdown, which asyncio.run turns into a
     KeyboardInterrupt and a logged CancelledError; a clean Ctrl-C should print nothing.
+    `before_shutdown` runs while every connection is still open: uvicorn itself would close
+    WebSockets at once, and a stateful server wants to tell its clients where to go first.
     """
+
+    before_shutdown: Callable[[], Awaitable[None]] | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.before_shutdown is not None:
+            try:
+                await self.before_shutdown()
+            except Exception:  # a failed drain must not stop the shutdown
+                log.exception("before_shutdown hook failed")
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -266,14 +278,26 @@ class HTTPServer:
     """uvicorn serving one ASGI app on a socket bound up front."""
 
     def __init__(
-        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        *,
+        before_shutdown: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.sock = bind_socket(host, port)
         self.url = url_of(self.sock)
         config = uvicorn.Config(
-            app, log_level=log_level, lifespan="on", access_log=False, timeout_graceful_shutdown=5
+            app,
+            log_level=log_level,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            ws="websockets-sansio",  # the legacy implementation is deprecated
         )
         self._server = _Server(config)
+        self._server.before_shutdown = before_shutdown
 
     @property
     def started(self) -> bool:
@@ -292,8 +316,15 @@ class HTTPServer:
 class ServerThread:
     """Runs an app's real server in a background thread: for tests and in-process benches."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = HTTPServer(app, host, port)
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.server = HTTPServer(app, host, port, before_shutdown=before_shutdown)
         self.url = self.server.url
         self._thread = threading.Thread(target=self._run, name=f"server {self.url}", daemon=True)
         self._error: BaseException | None = None

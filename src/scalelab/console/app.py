@@ -50,6 +50,19 @@ async def systems(request: Request) -> Response:
     return json_response({"systems": await system_rows(request.app.state.urls)})
 
 
+# Pages a running system serves besides its API: (path, label), shown next to its address.
+EXTRA_LINKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "nearby_friends": (("/demo/map", "live map"),),  # walkers move with --demo
+}
+
+
+def _extra_links(system: str, url: str) -> str:
+    return "".join(
+        f" &middot; <a href='{html.escape(url)}{path}'>{html.escape(label)}</a>"
+        for path, label in EXTRA_LINKS.get(system, ())
+    )
+
+
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request) -> HTMLResponse:
     rows = await system_rows(request.app.state.urls)
@@ -61,6 +74,7 @@ async def index(request: Request) -> HTMLResponse:
             proto=html.escape(r["protocol"]),
             link=(
                 f"<a href='{html.escape(r['url'])}/healthz'>{html.escape(r['url'])}</a>"
+                + _extra_links(r["system"], r["url"])
                 if r["url"]
                 else "-"
             ),

@@ -1,0 +1,1 @@
+"""Nearby friends (ch. 2): live friend locations over WebSocket, fanned out by pub/sub."""

@@ -1,0 +1,272 @@
+"""The WebSocket servers of the book: stateful, one `Session` per open socket.
+
+This module is the thin asyncio adapter around `session.Session` (which decides everything and
+knows no I/O): it authenticates the upgrade, runs the session's actions in order (send a frame,
+publish, (un)subscribe, store a location), feeds it pub/sub messages and timer ticks, and on
+shutdown drains: every client gets a `reconnect` frame and a close with code 1012 so it resumes
+on another server. A slow client cannot stall the server: its outgoing queue is bounded and
+location frames beyond it are dropped (counted), as the book allows losing a few points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from scalelab.nearby_friends import protocol
+from scalelab.nearby_friends.errors import NearbyError
+from scalelab.nearby_friends.history import HistoryWriter
+from scalelab.nearby_friends.location_cache import LocationCache
+from scalelab.nearby_friends.model import Location, control_channel, control_payload
+from scalelab.nearby_friends.session import (
+    Action,
+    Publish,
+    SaveSettings,
+    Send,
+    Session,
+    StoreLocation,
+    Subscribe,
+    Unsubscribe,
+)
+from scalelab.nearby_friends.users import UserStore
+from scalelab.storage.pubsub import PubSub
+
+log = logging.getLogger("scalelab.nearby_friends")
+
+Clock = Callable[[], float]
+
+OUTBOX_LIMIT = 1000  # frames queued for one client before location frames are dropped
+CLOSE_POLICY = 1008  # bad token
+CLOSE_RESTART = 1012  # draining: come back elsewhere
+
+
+@dataclass
+class HubStats:
+    connections: int = 0
+    connected_total: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    locations: int = 0
+    pubsub_in: int = 0
+
+
+@dataclass(eq=False)
+class Connection:
+    """One open socket: its session, and a queue of actions run in order by one task."""
+
+    hub: Hub
+    websocket: WebSocket
+    session: Session
+    actions: asyncio.Queue[Action | None] = field(default_factory=asyncio.Queue)
+    queued_sends: int = 0
+
+    def on_pubsub(self, channel: str, payload: bytes) -> None:
+        """A pub/sub handler: runs on the event loop, must not block."""
+        self.hub.stats.pubsub_in += 1
+        self.enqueue(self.session.on_message(channel, payload))
+
+    def enqueue(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                if self.queued_sends >= OUTBOX_LIMIT:
+                    self.hub.stats.frames_dropped += 1
+                    continue
+                self.queued_sends += 1
+            self.actions.put_nowait(action)
+
+    async def run_actions(self) -> None:
+        hub = self.hub
+        while (action := await self.actions.get()) is not None:
+            try:
+                if isinstance(action, Send):
+                    self.queued_sends -= 1
+                    await self.websocket.send_text(action.text)
+                    hub.stats.frames_out += 1
+                elif isinstance(action, Publish):
+                    await hub.pubsub.publish(action.channel, action.payload)
+                elif isinstance(action, Subscribe):
+                    await hub.pubsub.subscribe(action.channel, self.on_pubsub)
+                elif isinstance(action, Unsubscribe):
+                    await hub.pubsub.unsubscribe(action.channel, self.on_pubsub)
+                elif isinstance(action, StoreLocation):
+                    await hub.store_location(action.location)
+                elif isinstance(action, SaveSettings):
+                    await hub.save_settings(self.session.user_id, action)
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                if isinstance(action, Send):
+                    return  # the client is gone; the receive loop cleans up
+                log.warning("action %s failed: %s", type(action).__name__, exc)
+
+
+class Hub:
+    """Every socket of this server process, and the shared services their sessions use."""
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        cache: LocationCache,
+        history: HistoryWriter,
+        users: UserStore,
+        clock: Clock,
+        *,
+        radius_m: float,
+        ttl: float,
+        geohash_precision: int,
+        rate: float,
+        cache_is_local: bool,
+    ) -> None:
+        self.pubsub = pubsub
+        self.cache = cache
+        self.history = history
+        self.users = users
+        self.clock = clock
+        self.radius_m = radius_m
+        self.ttl = ttl
+        self.geohash_precision = geohash_precision
+        self.rate = rate
+        self.cache_is_local = cache_is_local
+        self.connections: set[Connection] = set()
+        self.stats = HubStats()
+        self.draining = False
+        self._empty = asyncio.Event()  # set while no socket is open (drain waits on it)
+        self._empty.set()
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a store call: inline when it is in-process memory, else in a worker thread."""
+        if self.cache_is_local:
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    async def store_location(self, location: Location) -> None:
+        self.stats.locations += 1
+        await self._blocking(self.cache.put, location)
+        self.history.add(location)
+
+    async def save_settings(self, user_id: int, action: SaveSettings) -> None:
+        if not action.sharing:  # stop showing the last location before the TTL would
+            await self._blocking(self.cache.delete, user_id)
+        await anyio.to_thread.run_sync(
+            lambda: self.users.set_settings(
+                user_id, sharing=action.sharing, random_nearby=action.random_nearby
+            )
+        )
+        # The user's other sockets (on any server) follow the change.
+        channel = control_channel(user_id)
+        await self.pubsub.publish(channel, control_payload("sharing", enabled=action.sharing))
+        await self.pubsub.publish(
+            channel, control_payload("random_nearby", enabled=action.random_nearby)
+        )
+
+    async def authenticate(self, websocket: WebSocket) -> int | None:
+        token = websocket.query_params.get("token")
+        header = websocket.headers.get("authorization", "")
+        if token is None and header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        if not token:
+            return None
+        try:
+            user_id: int = await anyio.to_thread.run_sync(self.users.authenticate, token)
+        except NearbyError:
+            return None
+        return user_id
+
+    async def handle(self, websocket: WebSocket) -> None:
+        """Serve one socket from the upgrade to the close."""
+        await websocket.accept()
+        if self.draining:
+            await websocket.send_text(protocol.reconnect(1000, "draining"))
+            await websocket.close(CLOSE_RESTART)
+            return
+        user_id = await self.authenticate(websocket)
+        if user_id is None:
+            await websocket.send_text(
+                protocol.error("unauthorized", "connect with ?token= or Authorization: Bearer")
+            )
+            await websocket.close(CLOSE_POLICY)
+            return
+        friends, sharing_friends, (sharing, random_nearby) = await anyio.to_thread.run_sync(
+            lambda: (
+                self.users.friends(user_id),
+                self.users.sharing_friends(user_id),
+                self.users.settings(user_id),
+            )
+        )
+        session = Session(
+            user_id,
+            friends,
+            radius_m=self.radius_m,
+            ttl=self.ttl,
+            clock=self.clock,
+            sharing=sharing,
+            random_nearby=random_nearby,
+            geohash_precision=self.geohash_precision,
+            rate=self.rate,
+        )
+        conn = Connection(self, websocket, session)
+        # Our own last location (a reconnect's welcome lists friends at once) and the cached
+        # locations of friends who share theirs.
+        cached = await self._blocking(self.cache.get_many, [*sharing_friends, user_id])
+        conn.enqueue(session.start(cached))
+        self.connections.add(conn)
+        self._empty.clear()
+        self.stats.connections += 1
+        self.stats.connected_total += 1
+        runner = asyncio.create_task(conn.run_actions())
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                self.stats.frames_in += 1
+                conn.enqueue(session.receive_text(data))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.connections.discard(conn)
+            if not self.connections:
+                self._empty.set()
+            self.stats.connections -= 1
+            # Unsubscribe through the queue, after whatever is still pending, then stop it.
+            conn.enqueue(session.close())
+            conn.actions.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner, 10)
+
+    def tick(self) -> None:
+        """Timer: each session expires friends whose location outlived the TTL."""
+        for conn in list(self.connections):
+            conn.enqueue(conn.session.tick())
+
+    async def drain(self, seconds: float) -> None:
+        """Before shutdown: tell every client to reconnect elsewhere (jittered, so they do not
+        all land on the next server at once), then close with 1012."""
+        self.draining = True
+        conns = list(self.connections)
+        if not conns:
+            return
+        log.info("draining %d connections", len(conns))
+        rng = random.Random()
+        spread_ms = max(1, int(seconds * 1000))
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.websocket.send_text(
+                    protocol.reconnect(rng.randrange(spread_ms), "draining")
+                )
+        for conn in conns:
+            if conn.websocket.client_state is WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await conn.websocket.close(CLOSE_RESTART)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), seconds)
