@@ -95,3 +95,44 @@ def test_a_draining_server_sends_clients_to_another(two_servers: tuple[Any, Any]
             assert again.until(of("friend_location", b[0]))["distance_m"] < 1100
     assert a_srv.proc.wait(15) == 0
     assert json.dumps(hint)  # the frame is plain JSON
+
+
+def test_two_servers_on_a_ring_of_redis_pubsub_servers(
+    spawn_server: Callable[..., Any], redis_url: str, tmp_path: Path
+) -> None:
+    """The book's pub/sub cluster: channels sharded over two Redis servers by the hash ring
+    every WebSocket server builds from the same config; friends still meet across servers."""
+    from tests.storage.test_pubsub import RedisServer, sync_client
+
+    ring = [RedisServer(), RedisServer()]
+    try:
+        env = {
+            "SCALELAB_DATA": str(tmp_path),
+            "SCALELAB_NEARBY_FRIENDS_PUBSUB_RING": ",".join(r.url for r in ring),
+            "SCALELAB_NEARBY_FRIENDS_CACHE_URL": redis_url,
+            "SCALELAB_NEARBY_FRIENDS_CACHE_NAMESPACE": f"nf-test-{uuid.uuid4().hex}",
+        }
+        servers = [spawn_server("nearby_friends", env), spawn_server("nearby_friends", env)]
+        with httpx.Client(base_url=servers[0].url, timeout=30) as http:
+            users = [register(http, f"u{i}") for i in range(16)]
+            for i in range(0, 16, 2):  # pairs (0,1), (2,3) ...: a friend on each server
+                a, b = users[i], users[i + 1]
+                http.post(f"/v1/users/{a[0]}/friends", json={"friend_id": b[0]}, headers=auth(a[1]))
+        with contextlib.ExitStack() as stack:
+            clients = [
+                stack.enter_context(socket(servers[i % 2].url, u[1])) for i, u in enumerate(users)
+            ]
+            for i in range(0, 16, 2):
+                clients[i].location(HOME)
+                clients[i + 1].location(NEAR)
+            for i in range(0, 16, 2):
+                clients[i].until(of("friend_location", users[i + 1][0]))
+            channels = []
+            for r in ring:
+                with sync_client(r.url) as client:
+                    channels.append({c.decode() for c in client.pubsub_channels("loc:*")})
+        assert all(channels), channels  # both ring members carry some users' channels
+        assert not channels[0] & channels[1]  # and each channel lives on one of them
+    finally:
+        for r in ring:
+            r.stop()
