@@ -192,3 +192,32 @@ def test_draining_server_sends_a_reconnect_hint(start_nearby: StartNearby) -> No
         ca.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     stopper.join(15)
+
+
+def test_location_history_is_queryable_per_user_and_time_range(start_nearby: StartNearby) -> None:
+    api = start_nearby()
+    a, b = api.user(), api.user()
+    ca, cb = joined(api, a), joined(api, b)
+    start = time.time()
+    for point in (HOME, NEAR, FAR):
+        ca.location(point)
+        ca.send(type="ping", id=str(point))  # the pong says the update was handled
+        ca.until(of("pong"))
+    cb.location(NEAR)
+    deadline = time.monotonic() + 10  # points are written in batches, about every second
+    while True:
+        r = api.http.get(f"/v1/users/{a[0]}/locations", params={"from": start}, headers=auth(a[1]))
+        assert r.status_code == 200, r.text
+        points = r.json()["locations"]
+        if len(points) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(p["lat"], p["lng"]) for p in points] == [HOME, NEAR, FAR]
+    stamps = [p["updated_at"] for p in points]
+    assert stamps == sorted(stamps)
+    later = api.http.get(
+        f"/v1/users/{a[0]}/locations", params={"from": stamps[1]}, headers=auth(a[1])
+    ).json()["locations"]
+    assert [(p["lat"], p["lng"]) for p in later] == [NEAR, FAR]
+    other = api.http.get(f"/v1/users/{b[0]}/locations", headers=auth(a[1]))
+    assert other.status_code == 403  # only one's own history
