@@ -495,36 +495,38 @@ def test_stats_count_published_delivered_channels(backend: Backend, prefix: str)
     backend.run(body)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_concurrent_subscribe_unsubscribe_ends_consistent(
     backend: Backend, prefix: str, seed: int
 ) -> None:
     """Racing subscribes and unsubscribes of one channel (a friend list changing while its
     sockets connect) leave exactly the last state: delivery and the Redis subscription agree.
     Each call changes local state before its first await, so the model is the calls in order.
+    The connection is up first, so the SUBSCRIBE/UNSUBSCRIBE traffic itself races.
     """
     channel = prefix + "c"
     rnd = random.Random(seed)
 
     async def body(open_: Callable[[], PubSub]) -> None:
         ps, publisher = open_(), open_()
-        handlers = [Inbox() for _ in range(3)]
-        model: set[int] = set()
-        calls: list[Awaitable[None]] = []
-        for _ in range(40):
-            i = rnd.randrange(len(handlers))
-            if rnd.random() < 0.5:
-                model.add(i)
-                calls.append(ps.subscribe(channel, handlers[i]))
-            else:
-                model.discard(i)
-                calls.append(ps.unsubscribe(channel, handlers[i]))
-        await asyncio.gather(*calls)
-        if backend.servers:
-            assert await numsub(backend.servers, channel) == (1 if model else 0)
         witness_channel = companion(ps, channel, prefix)
         witness = Inbox()
-        await ps.subscribe(witness_channel, witness)
+        await ps.subscribe(witness_channel, witness)  # connects the shard channel lives on
+        handlers = [Inbox() for _ in range(3)]
+        model: set[int] = set()
+        for _ in range(5):  # bursts: replies to one burst land while the next is sent
+            calls: list[Awaitable[None]] = []
+            for _ in range(rnd.randrange(1, 16)):
+                i = rnd.randrange(len(handlers))
+                if rnd.random() < 0.5:
+                    model.add(i)
+                    calls.append(ps.subscribe(channel, handlers[i]))
+                else:
+                    model.discard(i)
+                    calls.append(ps.unsubscribe(channel, handlers[i]))
+            await asyncio.gather(*calls)
+            if backend.servers:
+                assert await numsub(backend.servers, channel) == (1 if model else 0)
         await publisher.publish(channel, b"m")
         await publisher.publish(witness_channel, b"w")
         await witness.wait(1)
@@ -611,19 +613,21 @@ def test_redis_subscription_is_confirmed_when_subscribe_returns(
 def test_redis_reconnects_and_resubscribes_after_the_connection_is_killed(
     own_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    one, two = prefix + "one", prefix + "two"
+    one, two, three = prefix + "one", prefix + "two", prefix + "three"
 
     async def body() -> None:
         ps = RedisPubSub(own_redis.url)
         try:
-            inbox_one, inbox_two = Inbox(), Inbox()
+            inbox_one, inbox_two, inbox_three = Inbox(), Inbox(), Inbox()
             await ps.subscribe(one, inbox_one)
             await ps.subscribe(two, inbox_two)
-            with sync_client(own_redis.url) as client:
+            with sync_client(own_redis.url) as client:  # blocks the loop: nobody noticed yet
                 assert client.client_kill_filter(_type="pubsub") == 1
+            # Sent on the dead connection, never confirmed there: must not be forgotten.
+            await ps.subscribe(three, inbox_three)
             # Messages published while the connection is down are lost (Redis pub/sub is
             # at-most-once), so keep publishing until the re-subscription is in place.
-            for inbox, channel in ((inbox_one, one), (inbox_two, two)):
+            for inbox, channel in ((inbox_one, one), (inbox_two, two), (inbox_three, three)):
 
                 async def delivered(inbox: Inbox = inbox, channel: str = channel) -> bool:
                     await ps.publish(channel, b"after")
@@ -639,11 +643,70 @@ def test_redis_reconnects_and_resubscribes_after_the_connection_is_killed(
         finally:
             await ps.close()
 
-    with caplog.at_level(logging.WARNING, logger="scalelab.storage.pubsub"):
+    with caplog.at_level(logging.INFO, logger="scalelab.storage.pubsub"):
         run(body)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("connection lost" in m for m in messages)
-    assert any("re-subscribed 2 channels" in m for m in messages)
+    assert any("connection down" in m for m in messages)
+    assert any("re-subscribed 3 channels" in m for m in messages)
+
+
+@pytest.mark.redis
+def test_redis_silent_connection_is_found_by_ping_and_replaced(
+    own_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that stops answering (here CLIENT PAUSE; in life a half-open TCP connection)
+    sends no error: only the health check's unanswered PING reveals it."""
+    channel = prefix + "c"
+
+    async def body() -> None:
+        ps = RedisPubSub(own_redis.url, health_check_interval=0.05)
+        try:
+            inbox = Inbox()
+            await ps.subscribe(channel, inbox)
+            with sync_client(own_redis.url) as client:
+                client.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+            await until(lambda: ps.stats()["reconnects"] >= 1, "a reconnect")
+            assert await ps.publish(channel, b"after") == 1
+            await inbox.wait(1)
+        finally:
+            await ps.close()
+
+    with caplog.at_level(logging.WARNING, logger="scalelab.storage.pubsub"):
+        run(body)
+    assert any("no reply to PING" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.redis
+def test_redis_refused_channel_fails_alone(
+    own_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL that denies one channel fails that subscribe; the others keep flowing on the
+    same connection (no reconnect, nothing re-subscribed)."""
+    with sync_client(own_redis.url) as client:
+        client.execute_command(
+            "ACL", "SETUSER", "limited", "on", "nopass", "~*", "+@all", "resetchannels", "&ok:*"
+        )
+    url = f"redis://limited:x@127.0.0.1:{own_redis.port}/0"
+
+    async def body() -> None:
+        ps = RedisPubSub(url, timeout=0.5)
+        try:
+            inbox = Inbox()
+            await ps.subscribe("ok:1", inbox)
+            with pytest.raises(TimeoutError):
+                await ps.subscribe(prefix + "denied", Inbox())
+            await ps.subscribe("ok:2", inbox)
+            await ps.publish("ok:1", b"1")
+            await ps.publish("ok:2", b"2")
+            await inbox.wait(2)
+            assert ps.stats()["reconnects"] == 0
+            assert ps.stats()["channels"] == 2
+        finally:
+            await ps.close()
+
+    with caplog.at_level(logging.ERROR, logger="scalelab.storage.pubsub"):
+        run(body)
+    assert any("no permissions" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.redis
@@ -807,3 +870,8 @@ def test_open_pubsub_refuses_unknown_schemes_without_leaking_secrets() -> None:
     with pytest.raises(ValueError, match="Redis URLs") as info:
         open_pubsub(None, ["redis://10.0.0.1:6379", "http://user:s3cret@host/"])
     assert "s3cret" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        open_pubsub(None, ["redis://:s3cret@10.0.0.1:6379"] * 2)
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(TypeError):
+        open_pubsub(None, "redis://10.0.0.1:6379,redis://10.0.0.2:6379")

@@ -1,29 +1,28 @@
-"""Publish/subscribe: in-process by default, Redis PUBLISH/SUBSCRIBE when a URL says so, and
-channels sharded over several Redis servers by consistent hashing (the book's pub/sub cluster).
+"""Publish/subscribe: in-process by default, Redis PUBLISH/SUBSCRIBE by URL, or channels sharded
+over several Redis servers by consistent hashing (the book's Redis pub/sub cluster).
 
 Why one interface: the nearby friends WebSocket server fans each location update out to the
-friends' sockets. A laptop runs it with no extra servers (`MemoryPubSub`); several server
-processes share Redis (`RedisPubSub`) so a user on server A sees a friend on server B; a bigger
-deployment spreads the channels over many Redis servers (`ShardedPubSub`), each channel living
-on the node a `HashRing` picks, so every process agrees where a channel is without talking.
+friends' sockets. A laptop needs no extra servers (`MemoryPubSub`); server processes sharing
+Redis (`RedisPubSub`) let a user on server A see a friend on server B; `ShardedPubSub` spreads
+channels over many Redis servers, each on the node a `HashRing` picks, so every process agrees
+where a channel lives without talking.
 
-Handlers are plain callables `(channel, payload)` run on the event loop: they must not block
-(queue the work). A handler that raises is logged and the others still run; one bad socket never
-stops a fan-out. Payloads are bytes, delivered unchanged. `unsubscribe` of a handler that is not
-subscribed is a no-op, and a handler subscribed twice to a channel is called once (sets).
+Handlers `(channel, payload)` run on the event loop and must not block. One that raises is
+logged and the others still run. Payloads are bytes, delivered unchanged. Handlers per channel
+are a set: subscribing twice delivers once; unsubscribing an unknown handler is a no-op.
 
-Redis specifics, in `RedisPubSub`: one connection per process carries every SUBSCRIBE (Redis
-pays per connection, not per channel), a reader task dispatches its messages to local handlers
-by channel, and PUBLISH goes over a separate bounded pool. Local reference counting keeps Redis
-work proportional to distinct channels: the first local handler sends SUBSCRIBE, the last one's
-removal sends UNSUBSCRIBE. `subscribe` returns only after Redis confirmed, so a publish issued
-after it returns cannot be missed. A dropped connection (or one that stops answering PING) is
-replaced and everything re-subscribed; that is logged. Backend errors on publish propagate.
+`RedisPubSub`: one connection per process carries every SUBSCRIBE (Redis pays per connection),
+a reader task dispatches by channel, PUBLISH uses a separate bounded pool. Reference counting:
+the first local handler of a channel sends SUBSCRIBE, the last one's removal UNSUBSCRIBE.
+`subscribe` returns once Redis confirmed, so no later publish is missed. A dropped connection
+(or one that stops answering PING) is replaced and everything re-subscribed, and logged.
+Publish errors (Redis down) propagate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from bisect import bisect_right
@@ -159,8 +158,10 @@ class _Channel:
     """One channel's local state in RedisPubSub."""
 
     handlers: dict[Handler, None] = field(default_factory=dict)
-    # SUBSCRIBE replies still expected on the current connection; confirmed when 0.
+    # SUBSCRIBE replies still expected on the current connection.
     pending: int = 0
+    # Redis confirmed the subscription on the current connection (and it is still wanted).
+    live: bool = False
     # subscribe() calls waiting for confirmation (resolved when pending reaches 0).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     # One per UNSUBSCRIBE sent; Redis replies in order, so each reply resolves the oldest.
@@ -203,11 +204,12 @@ class RedisPubSub:
         try:
             from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.connection import Connection, parse_url
+            from redis.exceptions import ResponseError
         except ImportError as exc:
             raise RuntimeError("RedisPubSub needs redis-py: pip install 'scalelab[redis]'") from exc
         parts = urlsplit(url)
         # For logs: never the whole URL, it may carry a password.
-        self.where = f"{parts.hostname or parts.path}:{parts.port or 6379}"
+        self._where = f"{parts.hostname or parts.path}:{parts.port or 6379}"
         self._timeout = timeout
         self._health = health_check_interval
         pool = BlockingConnectionPool.from_url(
@@ -232,6 +234,7 @@ class RedisPubSub:
             "socket_connect_timeout": timeout,
             "client_name": client_name,
         }
+        self._response_error = ResponseError
         self._chans: dict[str, _Channel] = {}
         self._conn: AbstractConnection | None = None  # set while connected and subscribed
         self._send_lock = asyncio.Lock()
@@ -262,8 +265,8 @@ class RedisPubSub:
         if first:
             async with self._send_lock:
                 await self._send_on_current(chan, "SUBSCRIBE", channel)
-        if self._conn is not None and chan.pending == 0:
-            return  # already confirmed on the live connection
+        if chan.live and chan.pending == 0:
+            return  # already confirmed on the current connection
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         chan.waiters.append(fut)
         try:
@@ -275,7 +278,7 @@ class RedisPubSub:
             if added:  # undo only our own part: an earlier subscribe of handler stands
                 await self.unsubscribe(channel, handler)
             raise TimeoutError(
-                f"Redis at {self.where} did not confirm SUBSCRIBE {channel!r} "
+                f"Redis at {self._where} did not confirm SUBSCRIBE {channel!r} "
                 f"within {self._timeout}s"
             ) from None
 
@@ -286,6 +289,7 @@ class RedisPubSub:
         del chan.handlers[handler]  # from here on the handler is never called again
         if chan.handlers:
             return
+        chan.live = False
         for waiter in chan.waiters:  # their handlers are gone; nothing left to wait for
             _resolve(waiter)
         chan.waiters.clear()
@@ -302,7 +306,7 @@ class RedisPubSub:
             async with asyncio.timeout(self._timeout):
                 await fut
         except TimeoutError:
-            log.warning("pub/sub %s: no reply to UNSUBSCRIBE %r", self.where, channel)
+            log.warning("pub/sub %s: no reply to UNSUBSCRIBE %r", self._where, channel)
         self._prune(channel)
 
     async def close(self) -> None:
@@ -310,12 +314,11 @@ class RedisPubSub:
             return
         self._closed = True
         reader, self._reader = self._reader, None
-        if reader is not None:
+        while reader is not None and not reader.done():
+            # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow a
+            # cancellation that races with the send completing: cancel until it takes.
             reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([reader], timeout=0.1)
         for chan in self._chans.values():
             for waiter in chan.waiters:
                 if not waiter.done():
@@ -342,7 +345,7 @@ class RedisPubSub:
     def _ensure_reader(self) -> None:
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(
-                self._run(), name=f"pubsub-reader {self.where}"
+                self._run(), name=f"pubsub-reader {self._where}"
             )
 
     def _prune(self, channel: str) -> None:
@@ -365,21 +368,21 @@ class RedisPubSub:
             # check_health=False: a health check would read a reply the reader task is owed.
             await conn.send_command(*args, check_health=False)
         except Exception as exc:
-            log.debug("pub/sub %s: %s failed (%s); reader reconnects", self.where, args[0], exc)
+            log.debug("pub/sub %s: %s failed (%s); reader reconnects", self._where, args[0], exc)
 
     async def _run(self) -> None:
         """The reader task: connect, (re)subscribe, dispatch; on any failure, start over."""
         delay = _RECONNECT_MIN
         connected_before = False
-        while True:
+        while not self._closed:
             conn = self._conn_class(**self._conn_kwargs)
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]  # redis-py: untyped
                 count = await self._subscribe_all(conn)
                 if connected_before:
                     self._reconnects += 1
-                    log.warning(
-                        "pub/sub %s: reconnected, re-subscribed %d channels", self.where, count
+                    log.info(
+                        "pub/sub %s: reconnected, re-subscribed %d channels", self._where, count
                     )
                 connected_before = True
                 delay = _RECONNECT_MIN
@@ -388,15 +391,16 @@ class RedisPubSub:
                 raise
             except Exception as exc:
                 log.warning(
-                    "pub/sub %s: subscription connection lost (%s: %s); reconnecting in %.2fs",
-                    self.where,
+                    "pub/sub %s: subscription connection down (%s: %s); reconnecting in %.2fs",
+                    self._where,
                     type(exc).__name__,
                     exc,
                     delay,
                 )
             finally:
                 self._lost()
-                await conn.disconnect(nowait=True)
+                with contextlib.suppress(Exception):  # already broken: nothing more to learn
+                    await conn.disconnect(nowait=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RECONNECT_MAX)
 
@@ -418,15 +422,22 @@ class RedisPubSub:
         for name in list(self._chans):
             chan = self._chans[name]
             chan.pending = 0
+            chan.live = False
             while chan.unsub_waiters:
                 _resolve(chan.unsub_waiters.popleft())
             self._prune(name)
 
     async def _read(self, conn: AbstractConnection) -> None:
         awaiting_pong = False
-        while True:
-            # A float timeout makes redis-py return None instead of failing; parsing resumes.
-            reply = await conn.read_response(timeout=self._health)
+        while not self._closed:
+            try:
+                # A float timeout makes redis-py return None instead of failing; parsing resumes.
+                reply = await conn.read_response(timeout=self._health)
+            except self._response_error as exc:
+                # One refused command (say an ACL denying a channel) is no reason to drop every
+                # subscription: the subscribe waiting for it times out and undoes itself.
+                log.error("pub/sub %s: Redis refused a command: %s", self._where, exc)
+                continue
             if reply is None:
                 if awaiting_pong:
                     raise ConnectionError(f"no reply to PING within {self._health}s")
@@ -451,7 +462,8 @@ class RedisPubSub:
         elif kind == b"subscribe":
             if chan.pending:
                 chan.pending -= 1
-            if chan.pending == 0:
+            if chan.pending == 0 and chan.handlers:
+                chan.live = True
                 for waiter in chan.waiters:
                     _resolve(waiter)
                 chan.waiters.clear()
@@ -501,8 +513,8 @@ class HashRing:
     def _check_new(self, node: str) -> None:
         if not node:
             raise ValueError("a ring node needs a non-empty name")
-        if node in self._nodes:
-            raise ValueError(f"node {node!r} is already on the ring")
+        if node in self._nodes:  # not named: nodes are URLs that may carry a password
+            raise ValueError("a node is already on the ring (listed twice?)")
 
     def _rebuild(self) -> None:
         # Ties (two nodes' points equal; 2**-64 odds) break by node name: still order-free.
@@ -573,8 +585,11 @@ class ShardedPubSub:
 
     async def close(self) -> None:
         self._placed.clear()
-        for shard in self._shards.values():
-            await shard.close()
+        shards = self._shards.values()
+        results = await asyncio.gather(*(s.close() for s in shards), return_exceptions=True)
+        for result in results:  # every shard got closed; now report the first failure
+            if isinstance(result, BaseException):
+                raise result
 
     def stats(self) -> dict[str, int]:
         """Sums over the shards, plus how many shards there are."""
@@ -594,6 +609,8 @@ def open_pubsub(url: str | None, ring_urls: Sequence[str] | None = None) -> PubS
     """The backend the settings name. ring_urls (non-empty): channels sharded over one
     RedisPubSub per URL by consistent hashing, overriding url. Otherwise url: None or
     memory:// (in-process), redis://, rediss:// or unix:// (one Redis)."""
+    if isinstance(ring_urls, str):
+        raise TypeError("ring_urls is a sequence of URLs, not one comma-separated string")
     if ring_urls:
         bad = {_scheme(u) for u in ring_urls} - _REDIS_SCHEMES
         if bad:
