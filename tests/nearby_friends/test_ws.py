@@ -221,3 +221,17 @@ def test_location_history_is_queryable_per_user_and_time_range(start_nearby: Sta
     assert [(p["lat"], p["lng"]) for p in later] == [NEAR, FAR]
     other = api.http.get(f"/v1/users/{b[0]}/locations", headers=auth(a[1]))
     assert other.status_code == 403  # only one's own history
+
+
+def test_closed_sockets_leave_no_subscriptions_behind(start_nearby: StartNearby) -> None:
+    api = start_nearby()
+    users = ring(api, 4)
+    clients = [joined(api, u) for u in users]
+    pubsub = api.app.state.pubsub
+    assert pubsub.stats()["channels"] == 8  # four ctl: channels, four loc: (each shared by two)
+    for c in clients:
+        c.close()
+    deadline = time.monotonic() + 10
+    while pubsub.stats()["channels"] or api.app.state.hub.connections:
+        assert time.monotonic() < deadline, pubsub.stats()
+        time.sleep(0.05)

@@ -113,10 +113,13 @@ class Connection:
 
     async def run_actions(self) -> None:
         hub = self.hub
+        gone = False  # the client went away: skip frames, still run the unsubscribes
         while (action := await self.actions.get()) is not None:
             try:
                 if isinstance(action, Send):
                     self.queued_sends -= 1
+                    if gone:
+                        continue
                     await self.websocket.send_text(action.text)
                     hub.stats.frames_out += 1
                 elif isinstance(action, Publish):
@@ -130,7 +133,8 @@ class Connection:
                     await hub.save_settings(self.session.user_id, action)
             except Exception as exc:  # one failed action must not stop this socket's queue
                 if isinstance(action, Send):
-                    return  # the client is gone; the receive loop cleans up
+                    gone = True  # the receive loop sees the close and queues the cleanup
+                    continue
                 log.warning("action %s failed: %r", type(action).__name__, exc)
 
 
