@@ -205,10 +205,11 @@ def test_move_in_and_out_sequences_produce_exactly_the_expected_frames() -> None
     assert friend(at(8_000)) == [("friend_location", 2)]  # 8 km < 5 miles
     assert friend(at(8_100)) == [("friend_left_range", 2)]
     assert friend(NEAR) == [("friend_location", 2)]
-    # Our own moves re-evaluate every friend.
+    # Our own moves re-evaluate every friend, but only changes of range are sent: a friend
+    # still near is not sent again (the client recomputes its distance).
     assert session.on_message("loc:3", update(3, FAR, t)) == []
     assert me(at(1_000, 270, FAR)) == [("friend_left_range", 2), ("friend_location", 3)]
-    assert me(at(2_000, 270, FAR)) == [("friend_location", 3)]
+    assert me(at(2_000, 270, FAR)) == []
     assert me(at(60_000, 0)) == [("friend_left_range", 3)]
     assert me(at(61_000, 0)) == []
     assert me(HOME) == [("friend_location", 2)]
@@ -426,7 +427,10 @@ def test_sharing_off_tells_friends_at_once_and_stops_publishing() -> None:
     # Not sharing: our moves leave no trace outside the session, but we still see friends.
     bus.take(1)
     cached = bus.cache[1]
-    actions = me.receive_text(location(at(100)))
+    actions = me.receive_text(location(at(30_000)))  # out of friend 2's range
+    assert not any(isinstance(a, Publish | StoreLocation) for a in actions)
+    assert brief(actions) == [("friend_left_range", 2)]
+    actions = me.receive_text(location(at(100)))  # and back: we still see our friends
     assert not any(isinstance(a, Publish | StoreLocation) for a in actions)
     assert brief(actions) == [("friend_location", 2)]
     assert bus.cache[1] == cached

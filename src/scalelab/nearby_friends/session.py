@@ -392,7 +392,14 @@ class Session:
             actions.extend(self._share(loc))
         actions.extend(self._resubscribe())
         for friend, known in sorted(self._known.items()):
-            actions.extend(self._update_friend(friend, known, now))
+            was_shown = friend in self._shown
+            step = self._update_friend(friend, known, now)
+            # Our own move: a friend the client lists and still near is not sent again (the
+            # client has its coordinates and recomputes the distance); only changes of range
+            # go out. That keeps pushes to the book's count, one per friend update.
+            if was_shown and friend in self._shown:
+                continue
+            actions.extend(step)
         return actions
 
     def _share(self, loc: Location) -> list[Action]:
