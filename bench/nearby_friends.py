@@ -25,8 +25,8 @@ What one run measures, for the in-process pub/sub and for Redis pub/sub side by 
 - then every client sends a `location` frame every `interval` seconds (the book's 30 s,
   compressed: 5 s; --quick 2 s), each at its own random phase, starting inside a disc of 5 km
   around a city centre and moving a few tens of metres per update, so most friends stay within
-  the 5-mile radius. After a warm-up of 1.5 intervals (every client has a location, and knows
-  its friends'), a measuring window of `window` seconds (20; --quick 6). Over it:
+  the 5-mile radius. After a warm-up of one interval + 0.5 s (every client has a location, and knows
+  its friends'), a measuring window of `window` seconds (20; --quick 5). Over it:
   - location updates/s: sent by the clients, and handled by the server (the delta of its
     /metrics counter nearby_friends_location_updates_total);
   - pushes/s: `friend_location` frames received by the clients, and the server's frames_out
@@ -46,7 +46,7 @@ One JSON document goes to stdout, progress to stderr. Everything lives in one te
 server and worker processes (own process groups) are stopped, the Redis keys removed and the
 temp dir deleted, also on an error, Ctrl-C or SIGTERM. A target the machine cannot reach (too
 few connections, an offered load the server cannot keep up with) is reported, not asserted.
-Duration on the 2-core machine: --quick about 45 s; the full run about 7.5 minutes (seeding
+Duration on the 2-core machine: --quick about 40 s; the full run about 7.5 minutes (seeding
 3.8M friendships ~45 s, connecting 10,000 sockets ~2-2.5 minutes per side: the server spends
 ~10-17 ms of CPU per connection loading 400 friends and subscribing to their channels).
 
@@ -103,6 +103,7 @@ BOOK_PUSHES_PER_S = 14_000_000  # 334K updates/s x 40 online friends
 BOOK_REDIS_SERVERS = 140
 BOOK_PUSHES_PER_SERVER = 100_000  # "a modern Redis server ... about 100,000 pushes per second"
 BOOK_INTERVAL_S = 30.0
+SCRAPE_TIMEOUT_S = 60.0  # a /metrics scrape of a saturated server may take this long
 HIST_STEP = math.log(1.01)  # latency histogram buckets: 1% wide
 METRICS = (
     "nearby_friends_connections",
@@ -201,8 +202,8 @@ class Plan:
             friends=args.friends or (50 if quick else 400),
             online_fraction=0.1,
             interval=interval,
-            warmup=1.5 * interval,
-            window=args.window or (6.0 if quick else 20.0),
+            warmup=interval + 0.5,
+            window=args.window or (5.0 if quick else 20.0),
             workers=max(1, args.workers),
             connect_concurrency=args.connect_concurrency,
             backends=backends,
@@ -331,6 +332,7 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.http: httpx.Client | None = None
+        self._stopper: threading.Thread | None = None
 
     def start(self) -> Server:
         data = self.sdir / "data"
@@ -343,7 +345,13 @@ class Server:
         self.info.update(info)
         try:
             self.url = url_of(60)
-            self.http = httpx.Client(base_url=self.url, timeout=180)
+            # No keep-alive: uvicorn closes an idle connection after 5 s, and a scrape sent as
+            # it does so would fail; a new connection per request costs the server little.
+            self.http = httpx.Client(
+                base_url=self.url,
+                timeout=180,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
             deadline = time.monotonic() + 60
             while True:
                 if self.proc.poll() is not None:
@@ -376,9 +384,27 @@ class Server:
         return tree_rss(tree_pids(self.proc.pid))
 
     def metrics(self) -> dict[str, float]:
+        """The nearby_friends_* figures of /metrics; waits up to SCRAPE_TIMEOUT_S (a saturated
+        server answers it behind its backlog)."""
         assert self.http is not None
-        text = self.http.get("/metrics").text
-        return {m.group(1): float(m.group(2)) for m in _METRIC_LINE.finditer(text)}
+        try:
+            reply = self.http.get("/metrics", timeout=SCRAPE_TIMEOUT_S)
+        except httpx.TimeoutException:
+            raise
+        except httpx.TransportError:  # once more, on a new connection
+            reply = self.http.get("/metrics", timeout=SCRAPE_TIMEOUT_S)
+        reply.raise_for_status()
+        return {m.group(1): float(m.group(2)) for m in _METRIC_LINE.finditer(reply.text)}
+
+    def stop_soon(self) -> None:
+        """stop() in a thread: the next side's server starts meanwhile; join() waits for it."""
+        if self._stopper is None:
+            self._stopper = threading.Thread(target=self.stop, name="stop nearby_friends")
+            self._stopper.start()
+
+    def join(self) -> None:
+        if self._stopper is not None:
+            self._stopper.join()
 
     def stop(self) -> None:
         if self.http is not None:
@@ -493,48 +519,80 @@ def _delta(a: dict[str, float], b: dict[str, float], key: str) -> float:
     return b.get(key, 0.0) - a.get(key, 0.0)
 
 
-def _per_s(value: float, seconds: float) -> float:
+def _per_s(value: float | None, seconds: float) -> float | None:
+    if value is None:
+        return None
     return round(value / seconds, 1) if seconds > 0 else 0.0
 
 
-def machine_jiffies() -> tuple[int, int] | None:
+Jiffies = tuple[int, int, int]  # (busy, total, steal) over all cores, from /proc/stat
+
+
+def machine_jiffies() -> Jiffies | None:
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
+    return sum(fields) - idle, sum(fields), fields[7]
+
+
+def machine_share(a: Jiffies | None, b: Jiffies | None) -> dict[str, float | None]:
+    """How busy all cores were between a and b, and how much the hypervisor took (steal: a
+    VM's cores running someone else's work, which slows every process here)."""
+    if a is None or b is None or b[1] <= a[1]:
+        return {"machine_busy": None, "machine_steal": None}
+    total = b[1] - a[1]
+    return {
+        "machine_busy": round((b[0] - a[0]) / total, 2),
+        "machine_steal": round((b[2] - a[2]) / total, 2),
+    }
 
 
 @dataclass
 class Snapshot:
-    """The server's counters and CPU, Redis's and the machine's, at one moment."""
+    """The server's CPU, Redis's and the machine's counters at one moment (on schedule), then
+    the server's /metrics (which a saturated server answers late, or not in time)."""
 
-    at: float  # perf_counter when the /metrics reply was in (the rest is read right after)
-    scrape_ms: float
-    metrics: dict[str, float]
+    at: float  # perf_counter when CPU, Redis and /proc/stat were read
     cpu: float
     redis: dict[str, float]
-    machine: tuple[int, int] | None
+    machine: Jiffies | None
+    metrics: dict[str, float] | None  # None: the scrape failed (see scrape_error)
+    metrics_at: float  # perf_counter when the /metrics reply was in
+    scrape_ms: float
+    scrape_error: str | None
 
     @staticmethod
     def take(server: Server, rds: Any) -> Snapshot:
-        began = time.perf_counter()
-        metrics = server.metrics()
         at = time.perf_counter()
+        cpu, machine = server.cpu(), machine_jiffies()
+        redis = redis_stats(rds) if rds is not None else {}
+        began = time.perf_counter()
+        metrics: dict[str, float] | None = None
+        error = None
+        try:
+            metrics = server.metrics()
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        done = time.perf_counter()
         return Snapshot(
-            at=at,
-            scrape_ms=round((at - began) * 1000, 1),
-            metrics=metrics,
-            cpu=server.cpu(),
-            redis=redis_stats(rds) if rds is not None else {},
-            machine=machine_jiffies(),
+            at, cpu, redis, machine, metrics, done, round((done - began) * 1000, 1), error
         )
 
 
-def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path) -> dict[str, Any]:
-    """One server (this pub/sub), all clients connected, one measuring window."""
+def run_backend(
+    backend: str,
+    plan: Plan,
+    graph: Graph,
+    db_url: str,
+    root: Path,
+    servers: list[Server],
+) -> dict[str, Any]:
+    """One server (this pub/sub), all clients connected, one measuring window. The server is
+    left stopping in the background (in `servers`); the previous sides' servers are waited
+    for before the clients connect, so no measured phase overlaps a shutdown."""
     out: dict[str, Any] = {}
     env: dict[str, str] = {}
     namespace = ""
@@ -554,11 +612,21 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
         }
         if backend == "redis":
             out["redis"]["cache_namespace"] = namespace
+    mine: list[Server] = []
+
+    def clear_keys() -> None:
+        """After the server has stopped (it could still write a key while it drains)."""
+        for server in mine:
+            server.stop_soon()
+            server.join()
+        out["redis"]["keys_removed"] = redis_clear(namespace)
+
+    marks = [("start", time.perf_counter())]
     with contextlib.ExitStack() as stack:
         if rds is not None:
             stack.callback(rds.close)
             if backend == "redis":
-                stack.callback(lambda: out["redis"].update(keys_removed=redis_clear(namespace)))
+                stack.callback(clear_keys)
         # The workers start (and import) while the server starts; they get their spec after.
         workers: list[Worker] = []
         for i in range(plan.workers):
@@ -567,9 +635,12 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
             workers.append(worker)
         log(f"{backend}: starting the server")
         server = Server(root, backend, db_url, env)
-        stack.callback(server.stop)
+        servers.append(server)
+        mine.append(server)
+        stack.callback(server.stop_soon)
         server.start()
         out["server"] = server.info
+        marks.append(("server_start", time.perf_counter()))
         time.sleep(0.3)  # settle: the lifespan's first history flush and tick
         rss_before = server.rss()
 
@@ -586,22 +657,29 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
             )
         for w in workers:
             w.expect("ready", time.monotonic() + 60)
+        for previous in servers:
+            previous.join()
+        marks.append(("workers_ready", time.perf_counter()))
         log(f"{backend}: connecting {plan.clients} clients from {plan.workers} workers")
         began = time.perf_counter()
-        cpu_connect0 = server.cpu()
+        cpu_connect0, mach_connect0 = server.cpu(), machine_jiffies()
         for w in workers:
             w.send({"go": "connect"})
         connect_budget = 60 + plan.clients * 0.05
         connected = [w.expect("connected", time.monotonic() + connect_budget) for w in workers]
         connect_seconds = time.perf_counter() - began
+        marks.append(("connect", time.perf_counter()))
         connect_cpu = server.cpu() - cpu_connect0
+        connect_machine = machine_share(mach_connect0, machine_jiffies())
         established = sum(c["connected"] for c in connected)
         errors: Counter[str] = Counter()
         for c in connected:
             errors.update(c["errors"])
         time.sleep(0.3)
         rss_connected = server.rss()
-        m_connected = server.metrics()
+        m_connected: dict[str, float] = {}
+        with contextlib.suppress(httpx.HTTPError):  # only for the gauge; None if it is late
+            m_connected = server.metrics()
         out["connections"] = {
             "target": plan.clients,
             "established": established,
@@ -614,6 +692,7 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
             "server_cpu_seconds": round(connect_cpu, 2),
             "server_cpu_ms_per_connection": round(1000 * connect_cpu / max(1, established), 2),
             "clients_cpu_seconds": round(sum(c["cpu"] for c in connected), 2),
+            **connect_machine,
             "handshake_to_welcome_ms": hist_summary(
                 hist_merge([c["handshake_hist"] for c in connected])
             ),
@@ -635,21 +714,30 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
         log(f"{backend}: updates every {plan.interval:g} s; window {plan.window:g} s")
         time.sleep(max(0.0, window_start - time.time()))
         snap0 = Snapshot.take(server, rds)
+        marks.append(("warmup", time.perf_counter()))
         time.sleep(max(0.0, window_end - time.time()))
         snap1 = Snapshot.take(server, rds)
+        marks.append(("window", time.perf_counter()))
         rss_end = server.rss()
         for w in workers:  # they went on sending until now: the server's span is loaded too
             w.send({"go": "report"})
         results = [w.expect("result", time.monotonic() + 120) for w in workers]
         alive = server.alive()
+        marks.append(("results", time.perf_counter()))
+        log(f"{backend}: done; stopping the server")
         for w in workers:  # they have reported: stop them before the server drains
             w.stop()
+    marks.append(("stop", time.perf_counter()))
+    out["phase_seconds"] = {
+        name: round(t - marks[i][1], 2) for i, (name, t) in enumerate(marks[1:])
+    }
 
     win = plan.window
-    # Server-side figures over the span between the two snapshots (a /metrics scrape waits
-    # behind the server's backlog when it is saturated); client figures over the window.
+    # CPU and Redis figures over the span between the two snapshots (the window); the
+    # server's counters over the span between the two /metrics replies (late when the server
+    # is saturated: the clients go on sending until the second is in), scaled to the window;
+    # client figures over the window.
     span = snap1.at - snap0.at
-    m0, m1 = snap0.metrics, snap1.metrics
     server_cpu = snap1.cpu - snap0.cpu
     cores = server_cpu / span
     sent = sum(r["sent"] for r in results)
@@ -660,21 +748,20 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
     refresh = sum(r["refresh"] for r in results)
     appeared = sum(r["appeared"] for r in results)
     pushes = frames.get("friend_location", 0)
-    handled = _delta(m0, m1, "nearby_friends_location_updates_total") * win / span
-    frames_out = _delta(m0, m1, "nearby_friends_frames_out_total") * win / span
-    dropped = _delta(m0, m1, "nearby_friends_frames_dropped_total")
-    deliveries = _delta(m0, m1, "nearby_friends_pubsub_messages_total") * win / span
+    m0, m1 = snap0.metrics, snap1.metrics
+    handled = frames_out = deliveries = dropped = None
+    if m0 is not None and m1 is not None and snap1.metrics_at > snap0.metrics_at:
+        scale = win / (snap1.metrics_at - snap0.metrics_at)
+        handled = _delta(m0, m1, "nearby_friends_location_updates_total") * scale
+        frames_out = _delta(m0, m1, "nearby_friends_frames_out_total") * scale
+        deliveries = _delta(m0, m1, "nearby_friends_pubsub_messages_total") * scale
+        dropped = _delta(m0, m1, "nearby_friends_frames_dropped_total")
     client_cpu = sum(r["cpu_window"] for r in results)
     latency = hist_summary(hist_merge([r["latency_hist"] for r in results]))
     e2e = hist_summary(hist_merge([r["e2e_hist"] for r in results]))
     lag = hist_summary(hist_merge([r["send_lag_hist"] for r in results]))
     pushes_per_s = pushes / win
     per_core = pushes_per_s / cores if cores > 0 else None
-    busy = None
-    if snap0.machine and snap1.machine and snap1.machine[1] > snap0.machine[1]:
-        busy = round(
-            (snap1.machine[0] - snap0.machine[0]) / (snap1.machine[1] - snap0.machine[1]), 2
-        )
     established_ = out["connections"]["established"]
     out["memory"] = {
         "server_rss_before_mb": round(rss_before / 2**20, 1),
@@ -698,7 +785,7 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
         "server_frames_out_per_s": _per_s(frames_out, win),
         "server_pubsub_deliveries_per_s": _per_s(deliveries, win),
         "fresh_pushes_per_update": ratio(fresh, handled),
-        "server_frames_dropped": int(dropped),
+        "server_frames_dropped": None if dropped is None else int(dropped),
         "client_frames_by_type": dict(frames),
     }
     out["latency_ms"] = {
@@ -710,13 +797,19 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
         "server_seconds": round(server_cpu, 2),
         "server_cores_busy": round(cores, 2),
         "clients_seconds": round(client_cpu, 2),
-        "machine_busy": busy,
-        "server_span_seconds": round(span, 2),
+        **machine_share(snap0.machine, snap1.machine),
+        "span_seconds": round(span, 2),
+        "metrics_span_seconds": round(snap1.metrics_at - snap0.metrics_at, 2),
         "metrics_scrape_ms": [snap0.scrape_ms, snap1.scrape_ms],
     }
+    scrape_errors = [e for e in (snap0.scrape_error, snap1.scrape_error) if e]
+    if scrape_errors:
+        out["cpu"]["metrics_scrape_errors"] = scrape_errors
     out["per_core"] = {
         "pushes_per_s_per_server_core": round(per_core, 1) if per_core else None,
-        "frames_out_per_s_per_server_core": round(frames_out / win / cores, 1) if cores else None,
+        "frames_out_per_s_per_server_core": (
+            round(frames_out / win / cores, 1) if cores and frames_out is not None else None
+        ),
         "book_pushes_per_s_per_redis_server": BOOK_PUSHES_PER_SERVER,
         "pushes_per_core_over_book_per_server": ratio(per_core, BOOK_PUSHES_PER_SERVER),
     }
@@ -739,7 +832,7 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
             round((r1["publish_calls"] - r0["publish_calls"]) / redis_cpu, 1) if redis_cpu else None
         )
     why = []
-    if sent and handled < 0.95 * sent:
+    if handled is not None and sent and handled < 0.95 * sent:
         why.append(f"the server handled {handled:.0f} of {sent} updates sent in the window")
     if dropped:
         why.append(f"{dropped:.0f} frames dropped by the server (slow-client outbox full)")
@@ -749,7 +842,8 @@ def run_backend(backend: str, plan: Plan, graph: Graph, db_url: str, root: Path)
         why.append("the clients send late (median send lag > 100 ms): client-bound")
     if cores > 0.9:
         why.append(f"the server used {cores:.2f} cores (one event loop: at most ~1)")
-    out["saturated"] = bool(why)
+    # Without the server's counters and with no other sign, whether it kept up is unknown.
+    out["saturated"] = True if why else (None if handled is None else False)
     out["saturation_signs"] = why
     if why and handled:
         # The interval at which this many clients would offer what the server did handle.
@@ -869,6 +963,7 @@ def run(plan: Plan) -> tuple[dict[str, Any], bool]:
     }
     ok = True
     runs: dict[str, Any] = {}
+    servers: list[Server] = []
     root = Path(tempfile.mkdtemp(prefix="scalelab-bench-nearby-", dir="/tmp"))
     try:
         db_path = root / "db" / "nearby_friends.db"
@@ -887,13 +982,16 @@ def run(plan: Plan) -> tuple[dict[str, Any], bool]:
                 runs[backend] = {"skipped": why}
                 continue
             try:
-                runs[backend] = run_backend(backend, plan, graph, db_url, root)
+                runs[backend] = run_backend(backend, plan, graph, db_url, root, servers)
                 ok = ok and runs[backend]["server_alive_after"]
             except Exception as exc:
                 ok = False
                 runs[backend] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(f"{backend} failed: {exc}")
     finally:
+        for server in servers:
+            server.stop_soon()  # no-op unless an error skipped it
+            server.join()
         shutil.rmtree(root, ignore_errors=True)
     report["side_by_side"] = side_by_side(runs)
     report["runs"] = runs
