@@ -133,6 +133,10 @@ def test_random_nearby_people_who_both_opted_in(start_nearby: StartNearby) -> No
     for c in (cx, cy):
         c.send(type="random_nearby", enabled=True)
     cx.location(HOME)
+    # A socket runs its actions in order: the pong means x's geo-cell subscriptions are in
+    # place. Without it y may publish first, and that update is (by design) not replayed.
+    cx.send(type="ping", id=1)
+    cx.until(of("pong"))
     cz.location(NEAR)  # z did not opt in: never shown
     cy.location(NEAR)
     got = cx.until(of("nearby_person", y[0]))
