@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -129,6 +130,14 @@ def test_redis_is_set_with_ex(redis_url: str) -> None:
             time.sleep(0.05)
         assert cache.get(43) is None  # expired by Redis itself
         assert cache.get(42) is not None
+
+        async def write_async() -> None:  # the event loop's writes carry the TTL too
+            fresh = LocationCache(kv, ttl=600)
+            await fresh.put_async(Location(44, 1.0, 2.0, T0))
+            await fresh.aio.close()
+
+        asyncio.run(write_async())
+        assert 0 < raw.pttl(f"{namespace}:{cache_key(44)}") <= 600_000
     finally:
         kv.clear_prefix("")
         kv.close()
@@ -139,3 +148,24 @@ def test_ttl_must_be_positive() -> None:
     for ttl in (0, -1.0):
         with pytest.raises(ValueError):
             LocationCache(MemoryKV(), ttl=ttl)
+
+
+def test_the_event_loop_view_shares_the_keys(kv: KV) -> None:
+    """put_async (the WebSocket hot path) and the blocking calls (REST) see one cache."""
+
+    async def body() -> None:
+        cache = LocationCache(kv, ttl=600)
+        try:
+            fixes = {u: Location(u, 37.0 + u / 10, 127.0, T0 + u) for u in (3, 5, 8)}
+            await asyncio.gather(*(cache.put_async(loc) for loc in fixes.values()))
+            assert cache.get_many([3, 5, 8, 9]) == fixes
+            assert await cache.get_many_async([8, 4, 3, 5, 3]) == fixes
+            assert await cache.get_many_async([]) == {}
+            cache.put(Location(9, 1.0, 2.0, T0))
+            assert (await cache.get_many_async([9]))[9].lat == 1.0
+            await cache.delete_async(3)
+            assert cache.get(3) is None
+        finally:
+            await cache.aio.close()  # the KV itself is the fixture's to close
+
+    asyncio.run(body())

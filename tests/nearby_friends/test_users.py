@@ -174,6 +174,25 @@ def test_sharing_friends(store: UserStore) -> None:
     assert store.friends(a) == [b, c]
 
 
+def test_session_view_is_friends_sharing_and_settings_at_once(store: UserStore) -> None:
+    a, _ = store.register("a")
+    b, _ = store.register("b")
+    c, _ = store.register("c")
+    lonely, _ = store.register("lonely")
+    store.add_friend(a, c)
+    store.add_friend(a, b)
+    store.set_settings(b, sharing=False)
+    store.set_settings(a, random_nearby=True)
+    view = store.session_view(a)
+    assert (view.friends, view.sharing_friends) == (store.friends(a), store.sharing_friends(a))
+    assert (view.friends, view.sharing_friends) == ([b, c], [c])
+    assert (view.sharing, view.random_nearby) == store.settings(a) == (True, True)
+    alone = store.session_view(lonely)  # no friends: still the settings
+    assert (alone.friends, alone.sharing_friends, alone.sharing) == ([], [], True)
+    with pytest.raises(NotFound):
+        store.session_view(lonely + 100)
+
+
 def test_bulk_helpers(store: UserStore) -> None:
     created = store.bulk_create(6, name_prefix="walker")
     ids = [u for u, _ in created]

@@ -537,6 +537,38 @@ def test_concurrent_subscribe_unsubscribe_ends_consistent(
     backend.run(body)
 
 
+def test_subscribe_many_and_unsubscribe_many_act_on_every_channel(
+    backend: Backend, prefix: str
+) -> None:
+    channels = [f"{prefix}{i}" for i in range(40)]
+
+    async def body(open_: Callable[[], PubSub]) -> None:
+        ps, publisher = open_(), open_()
+        inbox, earlier = Inbox(), Inbox()
+        await ps.subscribe(channels[0], earlier)  # a channel another handler already holds
+        await ps.subscribe_many([*channels, channels[3]], inbox)  # duplicates are harmless
+        for channel in channels:  # in force on return: nothing published now is missed
+            await publisher.publish(channel, channel.encode())
+        await inbox.wait(len(channels))
+        assert sorted(inbox.got) == sorted((c, c.encode()) for c in channels)
+        await ps.unsubscribe_many(channels[:30], inbox)
+        if backend.servers:
+            assert await numsub(backend.servers, channels[1]) == 0
+            assert await numsub(backend.servers, channels[0]) == 1  # `earlier` still holds it
+            assert await numsub(backend.servers, channels[35]) == 1
+        for channel in channels:
+            await publisher.publish(channel, b"after")
+        await earlier.wait(2)
+        await inbox.wait(len(channels) + 10)
+        assert [c for c, p in inbox.got if p == b"after"] == channels[30:]
+        assert ps.stats()["channels"] == 11  # channels[0] for `earlier`, the last ten
+        await ps.unsubscribe_many(channels, inbox)
+        await ps.unsubscribe_many(channels, inbox)  # again: a no-op
+        assert ps.stats()["channels"] == 1
+
+    backend.run(body)
+
+
 def test_closed_pubsub_refuses_use(backend: Backend, prefix: str) -> None:
     async def body(open_: Callable[[], PubSub]) -> None:
         ps = open_()
@@ -759,6 +791,53 @@ def test_redis_unreachable_subscribe_times_out_and_leaves_nothing(
         run(body)
 
 
+@pytest.mark.redis
+def test_redis_subscribe_many_is_a_few_commands_and_confirmed_on_return(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    """2,500 channels: three SUBSCRIBE commands (1,000 channels each at most), one wait."""
+    channels = [f"{prefix}{i}" for i in range(2500)]
+
+    def subscribes(client: Any) -> int:
+        return int(client.info("commandstats").get("cmdstat_subscribe", {}).get("calls", 0))
+
+    async def body() -> None:
+        ps = RedisPubSub(own_redis.url)
+        try:
+            await ps.subscribe(prefix + "warm", Inbox())  # the connection is up
+            with sync_client(own_redis.url) as client:
+                before = subscribes(client)
+                await ps.subscribe_many(channels, Inbox())
+                assert subscribes(client) - before == 3
+                for channel in channels[::97]:
+                    assert client.publish(channel, b"x") == 1
+                await ps.unsubscribe_many(channels, Inbox())  # another handler: nothing
+                assert client.pubsub_numsub(channels[0])[0][1] == 1
+        finally:
+            await ps.close()
+
+    run(body)
+
+
+def test_redis_unreachable_subscribe_many_times_out_and_leaves_nothing(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("redis")
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nobody listens there
+
+    async def body() -> None:
+        ps = RedisPubSub(url, timeout=0.2)
+        try:
+            with pytest.raises(TimeoutError, match="3 channel"):
+                await ps.subscribe_many([prefix + "a", prefix + "b", prefix + "c"], Inbox())
+            assert ps.stats()["channels"] == 0
+        finally:
+            await ps.close()
+
+    with caplog.at_level(logging.CRITICAL, logger="scalelab.storage.pubsub"):
+        run(body)
+
+
 # -- ShardedPubSub ----------------------------------------------------------------------------
 
 
@@ -827,6 +906,34 @@ def test_sharded_unsubscribe_reaches_the_shard_subscribed_on_after_a_ring_change
         for channel in channels:
             await ps.unsubscribe(channel, inbox)
         assert [s.stats()["channels"] for s in shards.values()] == [0, 0, 0]
+        await ps.close()
+
+    run(body)
+
+
+class _RefusingShard(MemoryPubSub):
+    """A shard whose subscriptions fail (say its Redis is down)."""
+
+    async def subscribe_many(self, channels: Any, handler: Any) -> None:
+        raise TimeoutError("shard down")
+
+
+def test_sharded_subscribe_many_is_all_or_nothing_across_shards() -> None:
+    shards: dict[str, PubSub] = {"a": MemoryPubSub(), "b": _RefusingShard()}
+    ps = ShardedPubSub(HashRing(["a", "b"]), shards)
+    channels = [f"loc:{i}" for i in range(50)]
+    inbox, kept = Inbox(), Inbox()
+
+    async def body() -> None:
+        on_a = next(c for c in channels if HashRing(["a", "b"]).node_for(c) == "a")
+        await shards["a"].subscribe(on_a, kept)
+        await ps.subscribe_many([on_a], kept)  # placed before: the failure must not undo it
+        with pytest.raises(TimeoutError, match="shard down"):
+            await ps.subscribe_many(channels, inbox)
+        # Nothing of the failed call stays subscribed, on the shard that took its part too.
+        assert await shards["a"].publish(on_a, b"x") == 1  # `kept` only
+        assert shards["a"].stats()["channels"] == 1
+        assert all(key[1] is not inbox for key in ps._placed)
         await ps.close()
 
     run(body)

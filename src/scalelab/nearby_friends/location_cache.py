@@ -5,6 +5,10 @@ One key per user, `loc:{user_id}`, holding the same JSON payload the pub/sub cha
 sending (app closed, phone off) expires and drops out of every friend's list without anyone
 deleting anything: on Redis this is the book's `SET key value EX ttl`. Expiry runs on the KV's
 clock (MemoryKV takes a virtual one in tests).
+
+Two views of the same keys: blocking calls for REST handlers (worker threads), and `*_async`
+ones for the WebSocket server's event loop, which writes the cache on every location update
+(on Redis through redis.asyncio with shared pipelines: no thread hop per update).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterable
 import orjson
 
 from scalelab.nearby_friends.model import Location
-from scalelab.storage.kv import KV
+from scalelab.storage.kv import KV, async_kv
 
 
 def cache_key(user_id: int) -> str:
@@ -29,6 +33,7 @@ class LocationCache:
             raise ValueError(f"ttl must be positive, got {ttl!r}")
         self.kv = kv
         self.ttl = ttl
+        self.aio = async_kv(kv)
 
     def put(self, loc: Location) -> None:
         """Store loc as its user's latest fix, for ttl seconds from now."""
@@ -44,15 +49,34 @@ class LocationCache:
         ids = list(dict.fromkeys(user_ids))
         if not ids:
             return {}
-        found: dict[int, Location] = {}
-        for user_id, raw in zip(ids, self.kv.get_many([cache_key(u) for u in ids]), strict=True):
-            if raw is not None:
-                found[user_id] = Location.from_payload(orjson.loads(raw))
-        return found
+        return _found(ids, self.kv.get_many([cache_key(u) for u in ids]))
 
     def delete(self, user_id: int) -> None:
         """Forget the user's fix now (they turned sharing off)."""
         self.kv.delete(cache_key(user_id))
 
-    def close(self) -> None:
+    # -- the event loop's view ------------------------------------------------------------------
+
+    async def put_async(self, loc: Location) -> None:
+        await self.aio.set(cache_key(loc.user_id), loc.payload(), self.ttl)
+
+    async def get_many_async(self, user_ids: Iterable[int]) -> dict[int, Location]:
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        return _found(ids, await self.aio.get_many([cache_key(u) for u in ids]))
+
+    async def delete_async(self, user_id: int) -> None:
+        await self.aio.delete(cache_key(user_id))
+
+    async def close(self) -> None:
+        await self.aio.close()
         self.kv.close()
+
+
+def _found(ids: list[int], raws: list[bytes | None]) -> dict[int, Location]:
+    return {
+        user_id: Location.from_payload(orjson.loads(raw))
+        for user_id, raw in zip(ids, raws, strict=True)
+        if raw is not None
+    }

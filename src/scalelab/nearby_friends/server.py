@@ -109,7 +109,6 @@ def create_app(
             ttl=settings.location_ttl_seconds,
             geohash_precision=settings.random_nearby_precision,
             rate=settings.max_messages_per_second,
-            cache_is_local=settings.cache_url is None,
         )
 
         async def notify(user_id: int, payload: bytes) -> None:
@@ -147,7 +146,7 @@ def create_app(
                     await task
             await anyio.to_thread.run_sync(writer.flush)
             await pubsub.close()
-            kv.close()
+            await cache.close()
             engine.dispose()
 
     async def health() -> dict[str, Any]:

@@ -16,7 +16,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -61,8 +60,8 @@ class HubStats:
 
 @dataclass(frozen=True)
 class _Batch:
-    """Consecutive (un)subscribes of one step, run concurrently: on Redis that pipelines the
-    commands and their confirmations instead of a round trip each (a session starts with one
+    """Consecutive (un)subscribes of one step, made in one call: on Redis one command and one
+    wait for the confirmations instead of a round trip each (a session starts with one
     Subscribe per friend, 400 in the book's sizing)."""
 
     subscribe: bool
@@ -125,8 +124,9 @@ class Connection:
                 elif isinstance(action, Publish):
                     await hub.pubsub.publish(action.channel, action.payload)
                 elif isinstance(action, _Batch):
-                    change = hub.pubsub.subscribe if action.subscribe else hub.pubsub.unsubscribe
-                    await asyncio.gather(*(change(c, self.on_pubsub) for c in action.channels))
+                    pubsub = hub.pubsub
+                    change = pubsub.subscribe_many if action.subscribe else pubsub.unsubscribe_many
+                    await change(action.channels, self.on_pubsub)
                 elif isinstance(action, StoreLocation):
                     await hub.store_location(action.location)
                 elif isinstance(action, SaveSettings):
@@ -153,7 +153,6 @@ class Hub:
         ttl: float,
         geohash_precision: int,
         rate: float,
-        cache_is_local: bool,
     ) -> None:
         self.pubsub = pubsub
         self.cache = cache
@@ -164,27 +163,20 @@ class Hub:
         self.ttl = ttl
         self.geohash_precision = geohash_precision
         self.rate = rate
-        self.cache_is_local = cache_is_local
         self.connections: set[Connection] = set()
         self.stats = HubStats()
         self.draining = False
         self._empty = asyncio.Event()  # set while no socket is open (drain waits on it)
         self._empty.set()
 
-    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a store call: inline when it is in-process memory, else in a worker thread."""
-        if self.cache_is_local:
-            return fn(*args)
-        return await anyio.to_thread.run_sync(fn, *args)
-
     async def store_location(self, location: Location) -> None:
         self.stats.locations += 1
-        await self._blocking(self.cache.put, location)
+        await self.cache.put_async(location)
         self.history.add(location)
 
     async def save_settings(self, user_id: int, action: SaveSettings) -> None:
         if not action.sharing:  # stop showing the last location before the TTL would
-            await self._blocking(self.cache.delete, user_id)
+            await self.cache.delete_async(user_id)
         await anyio.to_thread.run_sync(
             lambda: self.users.set_settings(
                 user_id, sharing=action.sharing, random_nearby=action.random_nearby
@@ -224,28 +216,22 @@ class Hub:
             )
             await websocket.close(CLOSE_POLICY)
             return
-        friends, sharing_friends, (sharing, random_nearby) = await anyio.to_thread.run_sync(
-            lambda: (
-                self.users.friends(user_id),
-                self.users.sharing_friends(user_id),
-                self.users.settings(user_id),
-            )
-        )
+        view = await anyio.to_thread.run_sync(self.users.session_view, user_id)
         session = Session(
             user_id,
-            friends,
+            view.friends,
             radius_m=self.radius_m,
             ttl=self.ttl,
             clock=self.clock,
-            sharing=sharing,
-            random_nearby=random_nearby,
+            sharing=view.sharing,
+            random_nearby=view.random_nearby,
             geohash_precision=self.geohash_precision,
             rate=self.rate,
         )
         conn = Connection(self, websocket, session)
         # Our own last location (a reconnect's welcome lists friends at once) and the cached
         # locations of friends who share theirs.
-        cached = await self._blocking(self.cache.get_many, [*sharing_friends, user_id])
+        cached = await self.cache.get_many_async([*view.sharing_friends, user_id])
         conn.enqueue(session.start(cached))
         self.connections.add(conn)
         self._empty.clear()

@@ -20,10 +20,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import urlsplit
 
+from scalelab.storage.autopipeline import AutoPipeline
+
 if TYPE_CHECKING:
     import redis
+    import redis.asyncio
 
-__all__ = ["KV", "MemoryKV", "RedisKV", "open_kv"]
+__all__ = [
+    "KV",
+    "AsyncKV",
+    "AsyncRedisKV",
+    "InlineAsyncKV",
+    "MemoryKV",
+    "RedisKV",
+    "async_kv",
+    "open_kv",
+]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _SCAN_BATCH = 500
@@ -150,6 +162,12 @@ class MemoryKV:
             return len(self._data)
 
 
+def _px(ttl: float | None) -> int | None:
+    _check_ttl(ttl)
+    # Milliseconds, at least 1: PX 0 is an error, and a tiny positive ttl still expires.
+    return None if ttl is None else max(1, round(ttl * 1000))
+
+
 def _glob_escape(s: str) -> str:
     """Escape Redis MATCH metacharacters so a prefix is matched literally."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in s)
@@ -172,6 +190,7 @@ class RedisKV:
             import redis
         except ImportError as exc:
             raise RuntimeError("RedisKV needs redis-py: pip install 'scalelab[redis]'") from exc
+        self.url, self.namespace, self.timeout = url, namespace, timeout  # for async_kv
         self._prefix = namespace + ":"
         self._client: redis.Redis = redis.Redis.from_url(
             url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
@@ -179,12 +198,6 @@ class RedisKV:
 
     def _key(self, key: str) -> str:
         return self._prefix + key
-
-    @staticmethod
-    def _px(ttl: float | None) -> int | None:
-        _check_ttl(ttl)
-        # Milliseconds, at least 1: PX 0 is an error, and a tiny positive ttl still expires.
-        return None if ttl is None else max(1, round(ttl * 1000))
 
     def get(self, key: str) -> bytes | None:
         return cast("bytes | None", self._client.get(self._key(key)))
@@ -195,10 +208,10 @@ class RedisKV:
         return cast("list[bytes | None]", self._client.mget([self._key(k) for k in keys]))
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._client.set(self._key(key), value, px=self._px(ttl))
+        self._client.set(self._key(key), value, px=_px(ttl))
 
     def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
-        px = self._px(ttl)
+        px = _px(ttl)
         if not items:
             return
         with self._client.pipeline(transaction=False) as pipe:
@@ -242,3 +255,82 @@ def open_kv(url: str | None, namespace: str, max_items: int = 100_000) -> KV:
     raise ValueError(
         f"unsupported KV URL scheme {scheme!r}: use memory://, redis://, rediss:// or unix://"
     )
+
+
+class AsyncKV(Protocol):
+    """The KV calls an event loop awaits on its hot path (a WebSocket server's per-update
+    cache write): no worker-thread hop per call."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    async def delete(self, *keys: str) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class InlineAsyncKV:
+    """An in-process KV awaited in place (its calls never block on I/O); the same data as
+    the sync view it wraps."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._kv.get_many(keys)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self._kv.set(key, value, ttl)
+
+    async def delete(self, *keys: str) -> int:
+        return self._kv.delete(*keys)
+
+    async def close(self) -> None:
+        """The wrapped KV belongs to the caller; nothing of ours to release."""
+
+
+class AsyncRedisKV:
+    """RedisKV's keys (same namespace and expiry rule) on redis.asyncio. Calls of concurrent
+    tasks share pipelines (AutoPipeline): a thousand sockets' SETs cost a few round trips."""
+
+    def __init__(self, url: str, namespace: str, *, timeout: float = 5.0) -> None:
+        if not namespace:
+            raise ValueError("namespace must be non-empty (it keeps systems' keys apart)")
+        try:
+            from redis.asyncio import Redis
+        except ImportError as exc:
+            raise RuntimeError("AsyncRedisKV needs redis-py: pip install scalelab[redis]") from exc
+        self._prefix = namespace + ":"
+        self._client: redis.asyncio.Redis = Redis.from_url(
+            url, decode_responses=False, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._pipe = AutoPipeline(self._client)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []  # MGET needs at least one key
+        found = await self._pipe.execute("MGET", *(self._prefix + k for k in keys))
+        return cast("list[bytes | None]", found)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        px = _px(ttl)
+        args: tuple[object, ...] = () if px is None else ("PX", px)
+        await self._pipe.execute("SET", self._prefix + key, value, *args)
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(await self._pipe.execute("UNLINK", *(self._prefix + k for k in keys)))
+
+    async def close(self) -> None:
+        await self._pipe.close()
+        await self._client.aclose()
+
+
+def async_kv(kv: KV) -> AsyncKV:
+    """The async view of kv's data: Redis through redis.asyncio (same URL and namespace),
+    anything else (in-process) awaited in place."""
+    if isinstance(kv, RedisKV):
+        return AsyncRedisKV(kv.url, kv.namespace, timeout=kv.timeout)
+    return InlineAsyncKV(kv)

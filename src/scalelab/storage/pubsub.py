@@ -29,8 +29,10 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
+
+from scalelab.storage.autopipeline import AutoPipeline
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("scalelab.storage.pubsub")
+
+T = TypeVar("T")
 
 Handler = Callable[[str, bytes], None]
 """(channel, payload); called on the event loop, must not block."""
@@ -71,8 +75,17 @@ class PubSub(Protocol):
         """Call handler for every later message on channel; returns once that is in force."""
         ...
 
+    async def subscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        """subscribe() for each channel, in one go: a socket joining with 400 friends' channels
+        costs one SUBSCRIBE command and one wait on Redis, not 400 of each."""
+        ...
+
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
         """Stop calling handler for channel; it is not called again once this returns."""
+        ...
+
+    async def unsubscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        """unsubscribe() for each channel, in one go."""
         ...
 
     async def close(self) -> None:
@@ -130,16 +143,24 @@ class MemoryPubSub:
         return called
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
+        await self.subscribe_many((channel,), handler)
+
+    async def subscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
         self._check_open()
-        self._channels.setdefault(channel, {})[handler] = None
+        for channel in channels:
+            self._channels.setdefault(channel, {})[handler] = None
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
-        handlers = self._channels.get(channel)
-        if handlers is None:
-            return
-        handlers.pop(handler, None)
-        if not handlers:
-            del self._channels[channel]
+        await self.unsubscribe_many((channel,), handler)
+
+    async def unsubscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        for channel in channels:
+            handlers = self._channels.get(channel)
+            if handlers is None:
+                continue
+            handlers.pop(handler, None)
+            if not handlers:
+                del self._channels[channel]
 
     async def close(self) -> None:
         self._closed = True
@@ -154,6 +175,24 @@ class MemoryPubSub:
 
 
 @dataclass(eq=False)
+class _Countdown:
+    """One (un)subscribe_many call waiting for Redis to answer about `remaining` channels:
+    one future per call, ticked by each channel's reply, not one per channel."""
+
+    remaining: int
+    fut: asyncio.Future[None]
+
+    def tick(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.fut.done():
+            self.fut.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
+@dataclass(eq=False)
 class _Channel:
     """One channel's local state in RedisPubSub."""
 
@@ -162,18 +201,23 @@ class _Channel:
     pending: int = 0
     # Redis confirmed the subscription on the current connection (and it is still wanted).
     live: bool = False
-    # subscribe() calls waiting for confirmation (resolved when pending reaches 0).
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    # One per UNSUBSCRIBE sent; Redis replies in order, so each reply resolves the oldest.
-    unsub_waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    # subscribe calls waiting for confirmation (ticked when pending reaches 0).
+    waiters: list[_Countdown] = field(default_factory=list)
+    # One per UNSUBSCRIBE sent; Redis replies in order, so each reply ticks the oldest.
+    unsub_waiters: deque[_Countdown] = field(default_factory=deque)
 
     def idle(self) -> bool:
         return not (self.handlers or self.pending or self.waiters or self.unsub_waiters)
 
+    def release_waiters(self) -> None:
+        for waiter in self.waiters:
+            waiter.tick()
+        self.waiters.clear()
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    """Slices of _SUBSCRIBE_BATCH channels: one command's size stays bounded."""
+    return (items[i : i + _SUBSCRIBE_BATCH] for i in range(0, len(items), _SUBSCRIBE_BATCH))
 
 
 class RedisPubSub:
@@ -220,6 +264,8 @@ class RedisPubSub:
             socket_connect_timeout=timeout,
         )
         self._publisher: Redis = Redis.from_pool(pool)
+        # PUBLISHes of concurrent callers share pipelines: one round trip for many updates.
+        self._pipeline = AutoPipeline(self._publisher)
         # The subscription connection is built by hand: RESP2 (messages arrive as plain replies,
         # whatever protocol the URL asks for) and no pool, since we own its whole life.
         kwargs: dict[str, Any] = dict(parse_url(url))
@@ -249,65 +295,100 @@ class RedisPubSub:
     async def publish(self, channel: str, payload: bytes) -> int:
         self._check_open()
         _check_payload(payload)
-        count = await self._publisher.publish(channel, payload)
+        count = await self._pipeline.execute("PUBLISH", channel, payload)
         self._published += 1
         return int(count)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
+        await self.subscribe_many((channel,), handler)
+
+    async def subscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
         self._check_open()
         self._ensure_reader()
-        chan = self._chans.get(channel)
-        if chan is None:
-            chan = self._chans[channel] = _Channel()
-        first = not chan.handlers
-        added = handler not in chan.handlers
-        chan.handlers[handler] = None
+        names = list(dict.fromkeys(channels))
+        added: list[str] = []  # the handler is new here: what a timeout undoes
+        first: list[tuple[str, _Channel]] = []  # no local handler before: Redis must SUBSCRIBE
+        for name in names:
+            chan = self._chans.get(name)
+            if chan is None:
+                chan = self._chans[name] = _Channel()
+            if not chan.handlers:
+                first.append((name, chan))
+            if handler not in chan.handlers:
+                added.append(name)
+                chan.handlers[handler] = None
         if first:
             async with self._send_lock:
-                await self._send_on_current(chan, "SUBSCRIBE", channel)
-        if chan.live and chan.pending == 0:
-            return  # already confirmed on the current connection
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        chan.waiters.append(fut)
+                for part in _chunks(first):
+                    chans = [chan for _, chan in part]
+                    await self._send_on_current(chans, "SUBSCRIBE", *(name for name, _ in part))
+        waiting = [
+            chan
+            for name in names
+            if (chan := self._chans.get(name)) is not None  # None: unsubscribed meanwhile
+            and chan.handlers
+            and not (chan.live and chan.pending == 0)
+        ]
+        if not waiting:
+            return  # all confirmed on the current connection already
+        countdown = _Countdown(len(waiting), asyncio.get_running_loop().create_future())
+        for chan in waiting:
+            chan.waiters.append(countdown)
         try:
             async with asyncio.timeout(self._timeout):
-                await fut
+                await countdown.fut
         except TimeoutError:
-            if fut in chan.waiters:
-                chan.waiters.remove(fut)
-            if added:  # undo only our own part: an earlier subscribe of handler stands
-                await self.unsubscribe(channel, handler)
+            for chan in waiting:
+                if countdown in chan.waiters:
+                    chan.waiters.remove(countdown)
+            if added:  # undo only our own part: earlier subscribes of handler stand
+                await self.unsubscribe_many(added, handler)
             raise TimeoutError(
-                f"Redis at {self._where} did not confirm SUBSCRIBE {channel!r} "
-                f"within {self._timeout}s"
+                f"Redis at {self._where} did not confirm SUBSCRIBE of {len(waiting)} "
+                f"channel(s) (e.g. {names[0]!r}) within {self._timeout}s"
             ) from None
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
-        chan = self._chans.get(channel)
-        if chan is None or handler not in chan.handlers:
+        await self.unsubscribe_many((channel,), handler)
+
+    async def unsubscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        gone: list[tuple[str, _Channel]] = []
+        for name in dict.fromkeys(channels):
+            chan = self._chans.get(name)
+            if chan is None or handler not in chan.handlers:
+                continue
+            del chan.handlers[handler]  # from here on the handler is never called again
+            if chan.handlers:
+                continue
+            chan.live = False
+            chan.release_waiters()  # their handlers are gone; nothing left to wait for
+            gone.append((name, chan))
+        if not gone:
             return
-        del chan.handlers[handler]  # from here on the handler is never called again
-        if chan.handlers:
-            return
-        chan.live = False
-        for waiter in chan.waiters:  # their handlers are gone; nothing left to wait for
-            _resolve(waiter)
-        chan.waiters.clear()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        countdown = _Countdown(len(gone), asyncio.get_running_loop().create_future())
         async with self._send_lock:
             if self._conn is None:
-                _resolve(fut)  # not connected: Redis holds no subscription of ours
+                countdown.fut.set_result(None)  # not connected: Redis holds none of ours
             else:
-                chan.unsub_waiters.append(fut)
-                await self._send_on_current(None, "UNSUBSCRIBE", channel)
+                for name, chan in gone:
+                    # The reply is looked up by name: make sure it finds this countdown.
+                    self._chans.setdefault(name, chan).unsub_waiters.append(countdown)
+                for part in _chunks([name for name, _ in gone]):
+                    await self._send_on_current((), "UNSUBSCRIBE", *part)
         try:
-            # Wait for the reply so that PUBSUB NUMSUB agrees once we return. Not an error if
-            # it is slow: a dead connection resolves it, a late reply is dropped unseen.
+            # Wait for the replies so that PUBSUB NUMSUB agrees once we return. Not an error
+            # if they are slow: a dead connection resolves it, a late reply is dropped unseen.
             async with asyncio.timeout(self._timeout):
-                await fut
+                await countdown.fut
         except TimeoutError:
-            log.warning("pub/sub %s: no reply to UNSUBSCRIBE %r", self._where, channel)
-        self._prune(channel)
+            log.warning(
+                "pub/sub %s: no reply to UNSUBSCRIBE of %d channel(s) (e.g. %r)",
+                self._where,
+                len(gone),
+                gone[0][0],
+            )
+        for name, _ in gone:
+            self._prune(name)
 
     async def close(self) -> None:
         if self._closed:
@@ -319,13 +400,14 @@ class RedisPubSub:
             # cancellation that races with the send completing: cancel until it takes.
             reader.cancel()
             await asyncio.wait([reader], timeout=0.1)
+        closed = RuntimeError("RedisPubSub closed")
         for chan in self._chans.values():
             for waiter in chan.waiters:
-                if not waiter.done():
-                    waiter.set_exception(RuntimeError("RedisPubSub closed"))
-            for fut in chan.unsub_waiters:
-                _resolve(fut)
+                waiter.fail(closed)
+            for countdown in chan.unsub_waiters:
+                countdown.tick()
         self._chans.clear()
+        await self._pipeline.close()
         await self._publisher.aclose()
 
     def stats(self) -> dict[str, int]:
@@ -353,7 +435,7 @@ class RedisPubSub:
         if chan is not None and chan.idle():
             del self._chans[channel]
 
-    async def _send_on_current(self, chan: _Channel | None, *args: str) -> None:
+    async def _send_on_current(self, chans: Sequence[_Channel], *args: str) -> None:
         """Send a command on the live subscription connection, if any (caller holds the lock).
 
         Not connected: nothing to do, the reader subscribes every wanted channel on connect.
@@ -362,7 +444,7 @@ class RedisPubSub:
         conn = self._conn
         if conn is None or not conn.is_connected:
             return
-        if chan is not None:
+        for chan in chans:
             chan.pending += 1
         try:
             # check_health=False: a health check would read a reply the reader task is owed.
@@ -408,8 +490,7 @@ class RedisPubSub:
         """SUBSCRIBE every channel with a local handler; then the connection goes live."""
         async with self._send_lock:
             wanted = [name for name, chan in self._chans.items() if chan.handlers]
-            for start in range(0, len(wanted), _SUBSCRIBE_BATCH):
-                batch = wanted[start : start + _SUBSCRIBE_BATCH]
+            for batch in _chunks(wanted):
                 for name in batch:
                     self._chans[name].pending += 1
                 await conn.send_command("SUBSCRIBE", *batch, check_health=False)
@@ -424,7 +505,7 @@ class RedisPubSub:
             chan.pending = 0
             chan.live = False
             while chan.unsub_waiters:
-                _resolve(chan.unsub_waiters.popleft())
+                chan.unsub_waiters.popleft().tick()
             self._prune(name)
 
     async def _read(self, conn: AbstractConnection) -> None:
@@ -464,12 +545,10 @@ class RedisPubSub:
                 chan.pending -= 1
             if chan.pending == 0 and chan.handlers:
                 chan.live = True
-                for waiter in chan.waiters:
-                    _resolve(waiter)
-                chan.waiters.clear()
+                chan.release_waiters()
         elif kind == b"unsubscribe":
             if chan.unsub_waiters:
-                _resolve(chan.unsub_waiters.popleft())
+                chan.unsub_waiters.popleft().tick()
         self._prune(channel)
 
 
@@ -568,20 +647,46 @@ class ShardedPubSub:
         return await self.shard_for(channel).publish(channel, payload)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
-        key = (channel, handler)
-        existed = key in self._placed
-        # Recorded before the await, so an unsubscribe racing with us finds the same shard.
-        node = self._placed[key] = self._placed.get(key) or self._ring.node_for(channel)
-        try:
-            await self._shards[node].subscribe(channel, handler)
-        except BaseException:
-            if not existed:
-                self._placed.pop(key, None)
-            raise
+        await self.subscribe_many((channel,), handler)
+
+    async def subscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        by_node: dict[str, list[str]] = {}
+        new: set[str] = set()
+        for channel in dict.fromkeys(channels):
+            key = (channel, handler)
+            node = self._placed.get(key)
+            if node is None:
+                # Recorded before the await, so an unsubscribe racing with us finds the shard.
+                node = self._placed[key] = self._ring.node_for(channel)
+                new.add(channel)
+            by_node.setdefault(node, []).append(channel)
+        nodes = list(by_node)
+        results = await asyncio.gather(
+            *(self._shards[node].subscribe_many(by_node[node], handler) for node in nodes),
+            return_exceptions=True,
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is None:
+            return
+        # All or nothing: undo what this call added, on the shards that took it as well.
+        for node, result in zip(nodes, results, strict=True):
+            undo = [c for c in by_node[node] if c in new]
+            for channel in undo:
+                self._placed.pop((channel, handler), None)
+            if not isinstance(result, BaseException):
+                await self._shards[node].unsubscribe_many(undo, handler)
+        raise failure
 
     async def unsubscribe(self, channel: str, handler: Handler) -> None:
-        node = self._placed.pop((channel, handler), None) or self._ring.node_for(channel)
-        await self._shards[node].unsubscribe(channel, handler)
+        await self.unsubscribe_many((channel,), handler)
+
+    async def unsubscribe_many(self, channels: Iterable[str], handler: Handler) -> None:
+        by_node: dict[str, list[str]] = {}
+        for channel in dict.fromkeys(channels):
+            node = self._placed.pop((channel, handler), None) or self._ring.node_for(channel)
+            by_node.setdefault(node, []).append(channel)
+        parts = by_node.items()
+        await asyncio.gather(*(self._shards[n].unsubscribe_many(cs, handler) for n, cs in parts))
 
     async def close(self) -> None:
         self._placed.clear()
