@@ -285,7 +285,11 @@ class HTTPServer:
         log_level: str = "warning",
         *,
         before_shutdown: Callable[[], Awaitable[None]] | None = None,
+        ws_compression: bool = True,
     ) -> None:
+        """ws_compression: offer permessage-deflate to WebSocket clients. It keeps a zlib
+        state per socket each way (tens of KB) and costs CPU on every frame: a server holding
+        many sockets of small frames may do better without it."""
         self.sock = bind_socket(host, port)
         self.url = url_of(self.sock)
         config = uvicorn.Config(
@@ -295,6 +299,7 @@ class HTTPServer:
             access_log=False,
             timeout_graceful_shutdown=5,
             ws="websockets-sansio",  # the legacy implementation is deprecated
+            ws_per_message_deflate=ws_compression,
         )
         self._server = _Server(config)
         self._server.before_shutdown = before_shutdown
@@ -323,8 +328,11 @@ class ServerThread:
         port: int = 0,
         *,
         before_shutdown: Callable[[], Awaitable[None]] | None = None,
+        ws_compression: bool = True,
     ) -> None:
-        self.server = HTTPServer(app, host, port, before_shutdown=before_shutdown)
+        self.server = HTTPServer(
+            app, host, port, before_shutdown=before_shutdown, ws_compression=ws_compression
+        )
         self.url = self.server.url
         self._thread = threading.Thread(target=self._run, name=f"server {self.url}", daemon=True)
         self._error: BaseException | None = None

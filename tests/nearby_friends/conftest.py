@@ -110,7 +110,9 @@ def start_nearby(tmp_path: Path) -> Iterator[StartNearby]:
         overrides.setdefault("data", tmp_path / f"data{next(counter)}")
         settings = NearbyFriendsSettings.from_env({}, **overrides)
         app = create_app(settings, **({"clock": clock} if clock else {}))
-        server = ServerThread(app, before_shutdown=drain_hook(app, 0.5)).start()
+        server = ServerThread(
+            app, before_shutdown=drain_hook(app, 0.5), ws_compression=settings.ws_compression
+        ).start()
         servers.append(server)
         api = NearbyApi(server, app)
         apis.append(api)

@@ -239,7 +239,9 @@ def test_location_frames_round_trip(
     for text in (protocol.friend_location(loc, distance), protocol.nearby_person(loc, distance)):
         data = parse_server(text)
         assert Location(data["user_id"], data["lat"], data["lng"], data["updated_at"]) == loc
-        assert data["distance_m"] == round(distance, 1)
+        # Metres to 0.1 (a tie may go either way), and a whole number of tenths.
+        assert abs(data["distance_m"] - distance) <= 0.05 + 1e-9 * max(1.0, distance)
+        assert data["distance_m"] == round(data["distance_m"] * 10) / 10
 
 
 @given(json_values)

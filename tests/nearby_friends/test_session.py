@@ -321,6 +321,27 @@ def test_malformed_pubsub_payloads_are_counted_and_ignored() -> None:
     assert brief(session.on_message("loc:2", update(2, NEAR, T0))) == [("friend_location", 2)]
 
 
+def test_one_payload_fanned_out_to_many_sessions_reads_the_same_for_each() -> None:
+    """Sessions share the decode of a payload delivered to them in a row (a memo keyed by
+    the bytes object); each still judges it against its own state."""
+    near_one, _ = started(friends=(2,))
+    far_one, _ = make(friends=(2, 3))
+    far_one.start({})
+    far_one.receive_text(location(FAR))
+    stranger, _ = started(friends=(3,))
+    payload = update(2, NEAR, T0)
+    assert brief(near_one.on_message("loc:2", payload)) == [("friend_location", 2)]
+    assert brief(far_one.on_message("loc:2", payload)) == []  # 21 km away: not shown
+    assert stranger.on_message("loc:2", payload) == []  # not subscribed to 2
+    moved = update(2, FAR, T0 + 1)  # another object: read afresh
+    assert brief(near_one.on_message("loc:2", moved)) == [("friend_left_range", 2)]
+    assert brief(far_one.on_message("loc:2", moved)) == [("friend_location", 2)]
+    junk = b"not json"
+    for session in (near_one, far_one):
+        assert session.on_message("loc:2", junk) == []
+        assert session.counters.malformed == 1  # counted by every session it reached
+
+
 # -- sharing ----------------------------------------------------------------------------------
 
 

@@ -203,7 +203,13 @@ async def serve(settings: NearbyFriendsSettings, *, demo: bool, announce: Announ
             await walkers.stop()
         await drain()
 
-    server = HTTPServer(app, settings.host, settings.port, before_shutdown=before_shutdown)
+    server = HTTPServer(
+        app,
+        settings.host,
+        settings.port,
+        before_shutdown=before_shutdown,
+        ws_compression=settings.ws_compression,
+    )
     app.state.base_url = server.url  # where the demo walkers connect (the lifespan starts them)
     ws_url = server.url.replace("http://", "ws://") + "/v1/ws"
     extra = {"websocket": ws_url}

@@ -163,6 +163,39 @@ def _read_location(data: dict[str, Any]) -> Location | None:
     return Location(user, lat, lng, t)
 
 
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """A pub/sub payload, decoded: the JSON object (None if not one) and, read from it, a
+    location (None unless it is a usable `loc:`/`geo:` payload)."""
+
+    data: dict[str, Any] | None
+    location: Location | None
+
+
+_last_message: tuple[bytes, _Message] | None = None
+
+
+def _parse(payload: bytes) -> _Message:
+    """Decode once per message, not once per socket: one update fans out to every local
+    friend's session in a row with the same bytes object, so a one-entry memo keyed by
+    identity answers all but the first (the memo holds the bytes, so the identity stays
+    unique; sessions only read the shared dict)."""
+    global _last_message
+    last = _last_message
+    if last is not None and last[0] is payload:
+        return last[1]
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        message = _Message(data, _read_location(data))
+    else:
+        message = _Message(None, None)
+    _last_message = (payload, message)
+    return message
+
+
 class Session:
     """One connection of `user_id`: its friends' views, subscriptions and rate limit."""
 
@@ -312,15 +345,17 @@ class Session:
         if not self._started or self._closed or channel not in self._subs:
             return []
         self._counters.pubsub_in += 1
-        data = self._decode(payload)
+        message = _parse(payload)
+        data = message.data
         if data is None:
+            self._counters.malformed += 1
             return []
         kind, _, rest = channel.partition(":")
         if kind == "loc":
-            return self._on_friend(int(rest), data)
+            return self._on_friend(int(rest), data, message.location)
         if kind == "ctl":
             return self._on_control(data)
-        return self._on_geo(data)
+        return self._on_geo(data, message.location)
 
     def tick(self) -> list[Action]:
         """Expire friends whose location is older than the TTL (inactive users drop out)."""
@@ -376,6 +411,10 @@ class Session:
 
     def _update_friend(self, friend: int, loc: Location | None, now: float) -> list[Action]:
         push, distance = self._step(friend, loc, now)
+        return self._push(friend, loc, push, distance)
+
+    def _push(self, friend: int, loc: Location | None, push: Push, distance: float) -> list[Action]:
+        """The frame a step calls for (encoded only here, when it is really sent)."""
         if push is Push.LOCATION:
             assert loc is not None
             return [self._send(protocol.friend_location(loc, distance))]
@@ -395,13 +434,13 @@ class Session:
         actions.extend(self._resubscribe_geo())
         for friend, known in sorted(self._known.items()):
             was_shown = friend in self._shown
-            step = self._update_friend(friend, known, now)
+            push, distance = self._step(friend, known, now)
             # Our own move: a friend the client lists and still near is not sent again (the
             # client has its coordinates and recomputes the distance); only changes of range
             # go out. That keeps pushes to the book's count, one per friend update.
             if was_shown and friend in self._shown:
                 continue
-            actions.extend(step)
+            actions.extend(self._push(friend, known, push, distance))
         return actions
 
     def _share(self, loc: Location) -> list[Action]:
@@ -440,17 +479,7 @@ class Session:
 
     # -- pub/sub messages -------------------------------------------------------------------
 
-    def _decode(self, payload: bytes) -> dict[str, Any] | None:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            self._counters.malformed += 1
-            return None
-        return data
-
-    def _on_friend(self, friend: int, data: dict[str, Any]) -> list[Action]:
+    def _on_friend(self, friend: int, data: dict[str, Any], loc: Location | None) -> list[Action]:
         if friend not in self._friends:  # subscribed implies friend; belt and braces
             return []
         if data.get("off") is True:
@@ -458,7 +487,6 @@ class Session:
                 self._counters.malformed += 1
                 return []
             return self._update_friend(friend, None, self._clock())
-        loc = _read_location(data)
         if loc is None or loc.user_id != friend:
             self._counters.malformed += 1
             return []
@@ -500,10 +528,9 @@ class Session:
         actions.append(self._send(protocol.friend_removed(friend)))
         return actions
 
-    def _on_geo(self, data: dict[str, Any]) -> list[Action]:
+    def _on_geo(self, data: dict[str, Any], loc: Location | None) -> list[Action]:
         if data.get("off") is True:
             return []  # nearby people have no "offline" frame; their entries just age out
-        loc = _read_location(data)
         if loc is None:
             self._counters.malformed += 1
             return []

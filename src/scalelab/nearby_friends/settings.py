@@ -42,4 +42,9 @@ class NearbyFriendsSettings(SystemSettings):
     drain_seconds: float = setting(
         5.0, "on shutdown: after the reconnect hint, how long clients get to leave"
     )
+    ws_compression: bool = setting(
+        False,
+        "offer permessage-deflate on /v1/ws; off: frames are ~100 bytes, and deflate costs a "
+        "zlib state per socket and CPU per frame",
+    )
     demo_walkers: int = setting(40, "simulated walkers `--demo` starts (friends moving about)")
