@@ -111,6 +111,7 @@ METRICS = (
     "nearby_friends_frames_out_total",
     "nearby_friends_frames_dropped_total",
     "nearby_friends_location_updates_total",
+    "nearby_friends_location_updates_superseded_total",
     "nearby_friends_pubsub_messages_total",
 )
 _METRIC_LINE = re.compile(r"^(nearby_friends_\w+) (\S+)$", re.M)
@@ -749,10 +750,11 @@ def run_backend(
     appeared = sum(r["appeared"] for r in results)
     pushes = frames.get("friend_location", 0)
     m0, m1 = snap0.metrics, snap1.metrics
-    handled = frames_out = deliveries = dropped = None
+    handled = superseded = frames_out = deliveries = dropped = None
     if m0 is not None and m1 is not None and snap1.metrics_at > snap0.metrics_at:
         scale = win / (snap1.metrics_at - snap0.metrics_at)
         handled = _delta(m0, m1, "nearby_friends_location_updates_total") * scale
+        superseded = _delta(m0, m1, "nearby_friends_location_updates_superseded_total") * scale
         frames_out = _delta(m0, m1, "nearby_friends_frames_out_total") * scale
         deliveries = _delta(m0, m1, "nearby_friends_pubsub_messages_total") * scale
         dropped = _delta(m0, m1, "nearby_friends_frames_dropped_total")
@@ -776,6 +778,9 @@ def run_backend(
         "sent_per_s": _per_s(sent, win),
         "handled_per_s": _per_s(handled, win),
         "handled_over_sent": ratio(handled, sent),
+        # replaced by a newer update of the same client before the server got to them: the
+        # server sheds load this way when it cannot keep up
+        "superseded_per_s": _per_s(superseded, win),
     }
     out["pushes"] = {
         "friend_location_received_per_s": _per_s(pushes, win),

@@ -71,6 +71,11 @@ class _Stats(Collector):
             ("nearby_friends_frames_out", s.frames_out, "frames pushed to clients"),
             ("nearby_friends_frames_dropped", s.frames_dropped, "frames dropped: slow client"),
             ("nearby_friends_location_updates", s.locations, "location updates stored"),
+            (
+                "nearby_friends_location_updates_superseded",
+                s.superseded,
+                "updates replaced by a newer one of the same socket before they ran (overload)",
+            ),
             ("nearby_friends_pubsub_messages", s.pubsub_in, "pub/sub messages delivered here"),
         ):
             yield CounterMetricFamily(name, help_, value=value)

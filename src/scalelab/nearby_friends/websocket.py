@@ -55,6 +55,7 @@ class HubStats:
     frames_out: int = 0
     frames_dropped: int = 0
     locations: int = 0
+    superseded: int = 0
     pubsub_in: int = 0
 
 
@@ -68,7 +69,19 @@ class _Batch:
     channels: tuple[str, ...]
 
 
-Queued = Action | _Batch | None
+@dataclass(eq=False)
+class _Share:
+    """One location update's StoreLocation and Publishes, queued as a unit. While it waits, a
+    newer update of the same socket replaces its content instead of queueing behind it: a
+    location is state, only the latest matters. So an overloaded server sheds superseded
+    updates (counted) instead of queueing without bound and falling ever further behind."""
+
+    actions: list[Action]
+
+
+Queued = Action | _Batch | _Share | None
+
+YIELD_EVERY = 64  # actions run before a socket's task lets the others (and /metrics) in
 
 
 @dataclass(eq=False)
@@ -80,6 +93,9 @@ class Connection:
     session: Session
     actions: asyncio.Queue[Queued] = field(default_factory=asyncio.Queue)
     queued_sends: int = 0
+    # The queued _Share a newer update may still replace (None once anything but frames to
+    # our own client was queued after it: publishes must keep their order).
+    pending_share: _Share | None = None
 
     def on_pubsub(self, channel: str, payload: bytes) -> None:
         """A pub/sub handler: runs on the event loop, must not block."""
@@ -89,7 +105,28 @@ class Connection:
     def enqueue(self, actions: list[Action]) -> None:
         batch: list[str] = []
         subscribing = True
-        for action in actions:
+        i = 0
+        while i < len(actions):
+            action = actions[i]
+            i += 1
+            if isinstance(action, StoreLocation):
+                # A share: the StoreLocation and the Publishes right after it.
+                group: list[Action] = [action]
+                while i < len(actions) and isinstance(actions[i], Publish):
+                    group.append(actions[i])
+                    i += 1
+                if batch:
+                    self.actions.put_nowait(_Batch(subscribing, tuple(batch)))
+                    batch = []
+                if self.pending_share is not None:
+                    self.pending_share.actions = group
+                    self.hub.stats.superseded += 1
+                else:
+                    self.pending_share = _Share(group)
+                    self.actions.put_nowait(self.pending_share)
+                continue
+            if not isinstance(action, Send):
+                self.pending_share = None  # it keeps its place; no longer replaceable
             if isinstance(action, Subscribe | Unsubscribe):
                 adding = isinstance(action, Subscribe)
                 if batch and adding != subscribing:
@@ -111,31 +148,46 @@ class Connection:
             self.actions.put_nowait(_Batch(subscribing, tuple(batch)))
 
     async def run_actions(self) -> None:
-        hub = self.hub
         gone = False  # the client went away: skip frames, still run the unsubscribes
-        while (action := await self.actions.get()) is not None:
-            try:
-                if isinstance(action, Send):
-                    self.queued_sends -= 1
-                    if gone:
-                        continue
+        ran = 0
+        while (item := await self.actions.get()) is not None:
+            ran += 1
+            if ran % YIELD_EVERY == 0:
+                # get() and in-process publishes never suspend: without this, a socket with a
+                # long queue would hold the event loop until its queue is empty.
+                await asyncio.sleep(0)
+            if isinstance(item, _Share):
+                if self.pending_share is item:
+                    self.pending_share = None
+                for action in item.actions:
+                    gone = await self._run(action, gone)
+            else:
+                gone = await self._run(item, gone)
+
+    async def _run(self, action: Action | _Batch, gone: bool) -> bool:
+        """Carry out one action; returns whether the client is gone (frames are skipped)."""
+        hub = self.hub
+        try:
+            if isinstance(action, Send):
+                self.queued_sends -= 1
+                if not gone:
                     await self.websocket.send_text(action.text)
                     hub.stats.frames_out += 1
-                elif isinstance(action, Publish):
-                    await hub.pubsub.publish(action.channel, action.payload)
-                elif isinstance(action, _Batch):
-                    pubsub = hub.pubsub
-                    change = pubsub.subscribe_many if action.subscribe else pubsub.unsubscribe_many
-                    await change(action.channels, self.on_pubsub)
-                elif isinstance(action, StoreLocation):
-                    await hub.store_location(action.location)
-                elif isinstance(action, SaveSettings):
-                    await hub.save_settings(self.session.user_id, action)
-            except Exception as exc:  # one failed action must not stop this socket's queue
-                if isinstance(action, Send):
-                    gone = True  # the receive loop sees the close and queues the cleanup
-                    continue
-                log.warning("action %s failed: %r", type(action).__name__, exc)
+            elif isinstance(action, Publish):
+                await hub.pubsub.publish(action.channel, action.payload)
+            elif isinstance(action, _Batch):
+                pubsub = hub.pubsub
+                change = pubsub.subscribe_many if action.subscribe else pubsub.unsubscribe_many
+                await change(action.channels, self.on_pubsub)
+            elif isinstance(action, StoreLocation):
+                await hub.store_location(action.location)
+            elif isinstance(action, SaveSettings):
+                await hub.save_settings(self.session.user_id, action)
+        except Exception as exc:  # one failed action must not stop this socket's queue
+            if isinstance(action, Send):
+                return True  # the receive loop sees the close and queues the cleanup
+            log.warning("action %s failed: %r", type(action).__name__, exc)
+        return gone
 
 
 class Hub:
