@@ -46,9 +46,11 @@ One JSON document goes to stdout, progress to stderr. Everything lives in one te
 server and worker processes (own process groups) are stopped, the Redis keys removed and the
 temp dir deleted, also on an error, Ctrl-C or SIGTERM. A target the machine cannot reach (too
 few connections, an offered load the server cannot keep up with) is reported, not asserted.
-Duration on the 2-core machine: --quick about 40 s; the full run about 7.5 minutes (seeding
-3.8M friendships ~45 s, connecting 10,000 sockets ~2-2.5 minutes per side: the server spends
-~10-17 ms of CPU per connection loading 400 friends and subscribing to their channels).
+Duration on the 2-core machine: --quick about 40 s; the full run 13-17 minutes (seeding
+3.8M friendships 45-120 s, connecting 10,000 sockets 3-6 minutes per side: the server spends
+~18-25 ms of CPU per connection loading 400 friends and subscribing to their channels).
+The full run's 5 s interval offers six times what one server core handles (it shows the
+overload behaviour: superseded updates); `--interval 30 --window 60` is the book's own rate.
 
 Internal: `--worker` runs one client worker process (spec and commands on stdin, one JSON
 line per phase on stdout).
