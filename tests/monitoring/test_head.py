@@ -98,6 +98,35 @@ def test_out_of_order_and_duplicates(head: Head) -> None:
     assert head.out_of_order_samples == 4
 
 
+def test_append_by_ref_keeps_the_append_rules_and_survives_collection(tmp_path: Path) -> None:
+    with Head(tmp_path / "a") as head, Head(tmp_path / "b") as other:
+        app = head.appender()
+        ref = app.append_ref(None, L(), 100, 1.0)
+        app.commit()
+        app = head.appender()
+        app.hold([ref, "not a ref", None])
+        assert app.append_ref(ref, L(), 200, 2.0) is ref
+        assert app.append_ref(ref, L(), 200, 2.0) is ref  # the same sample again: ignored
+        with pytest.raises(OutOfOrderSample, match="duplicate sample for timestamp"):
+            app.append_ref(ref, L(), 200, 3.0)
+        with pytest.raises(OutOfOrderSample, match="out of order sample"):
+            app.append_ref(ref, L(), 150, 3.0)
+        app.commit()
+        foreign = other.appender().append_ref(None, L(), 1, 1.0)  # another head's ref
+        app = head.appender()
+        assert app.append_ref(foreign, L(), 300, 3.0) is ref  # found by its labels instead
+        app.commit()
+        head.truncate(1000)  # all its samples are older: the series is collected
+        assert head.num_series == 0
+        app = head.appender()
+        app.hold([ref])  # a collected series is not held, nor revived
+        fresh = app.append_ref(ref, L(), 2000, 4.0)
+        assert fresh is not ref and head.num_series == 1
+        app.commit()
+        assert dump(head) == {L(): [(2000, bits(4.0)[0])]}
+        assert head.out_of_order_samples == 2
+
+
 def test_a_race_between_appenders_drops_the_loser_at_commit(head: Head) -> None:
     first, second = head.appender(), head.appender()
     first.append(L(), 10, 1.0)

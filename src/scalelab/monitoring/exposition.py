@@ -111,7 +111,7 @@ def parse(data: bytes, content_type: str | None = None) -> Exposition:
 
     Raises errors.ParseError naming the line and the problem; never anything else.
     """
-    if content_type is not None and content_type.strip().lower().startswith(_OM_MEDIA):
+    if is_openmetrics(content_type):
         return OpenMetricsParser().run(decode_openmetrics(data))
     return _parse_text(_decode_text(data))
 
@@ -176,74 +176,125 @@ def _decode_text(data: bytes) -> str:
     return "\n".join(out)
 
 
-def _parse_text(text: str) -> Exposition:
-    samples: list[tuple[Labels, float, int | None]] = []
-    append = samples.append
-    types: dict[str, MetricType] = {}
-    helps: dict[str, str] = {}
-    norm_name: str | None = None  # samples whose `le`/`quantile` get normalized
-    norm_label = ""
-    fast = _TEXT_FAST.match
-    pairs_of = PAIR.findall
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line:
-            continue
-        if line[0] == "#" or line[0] in " \t":
+def is_openmetrics(content_type: str | None) -> bool:
+    """Does a response's Content-Type ask for the OpenMetrics parser?"""
+    return content_type is not None and content_type.strip().lower().startswith(_OM_MEDIA)
+
+
+# A parsed `# HELP` (help text) or `# TYPE` (metric type) line: (name, help or type).
+Directive = tuple[str, str | MetricType]
+
+
+class TextState:
+    """What the lines of a text-format body so far have said: the metadata, and which
+    samples get their `le`/`quantile` normalized (those of the latest histogram or summary
+    TYPE). Shared by `parse` and scrape_cache's per-target line cache, so a line read through
+    the cache means exactly what it means here."""
+
+    __slots__ = ("helps", "norm_label", "norm_name", "types")
+
+    def __init__(self) -> None:
+        self.types: dict[str, MetricType] = {}
+        self.helps: dict[str, str] = {}
+        self.norm_name = ""  # samples whose `le`/`quantile` get normalized ("" none)
+        self.norm_label = ""
+
+    @staticmethod
+    def is_sample(line: str) -> bool:
+        """Is a non-empty line a sample (else a comment, metadata or blank line)?"""
+        if line[0] == "#":
+            return False
+        if line[0] in " \t":
             stripped = line.lstrip(" \t")
-            if not stripped:
-                continue
-            if stripped[0] == "#":
-                meta = _TEXT_META_FAST.match(stripped)
-                parts = meta.groups("") if meta else _text_metadata(stripped, lineno, line)
-                if parts is None:
-                    continue  # a comment
-                kind, name, arg = parts
-                if kind == "HELP":
-                    helps[name] = unescape(arg, _HELP_ESCAPES)
-                    continue
-                mtype = types[name] = _text_type(arg, lineno, line)
-                norm_name = None
-                if mtype is MetricType.HISTOGRAM:
-                    norm_name, norm_label = name + "_bucket", "le"
-                elif mtype is MetricType.SUMMARY:
-                    norm_name, norm_label = name, "quantile"
-                continue
-        m = fast(line)
+            return bool(stripped) and stripped[0] != "#"
+        return True
+
+    @staticmethod
+    def directive(line: str, lineno: int) -> Directive | None:
+        """The HELP or TYPE a non-sample line holds; None for a comment or blank line."""
+        stripped = line.lstrip(" \t")
+        if not stripped:
+            return None
+        meta = _TEXT_META_FAST.match(stripped)
+        parts = meta.groups("") if meta else _text_metadata(stripped, lineno, line)
+        if parts is None:
+            return None  # a comment
+        kind, name, arg = parts
+        if kind == "HELP":
+            return name, unescape(arg, _HELP_ESCAPES)
+        return name, _text_type(arg, lineno, line)
+
+    def apply(self, directive: Directive) -> None:
+        name, what = directive
+        if not isinstance(what, MetricType):
+            self.helps[name] = what
+            return
+        self.types[name] = what
+        self.norm_name = self.norm_label = ""
+        if what is MetricType.HISTOGRAM:
+            self.norm_name, self.norm_label = name + "_bucket", "le"
+        elif what is MetricType.SUMMARY:
+            self.norm_name, self.norm_label = name, "quantile"
+
+    def sample(self, line: str, lineno: int) -> tuple[Labels, float, int | None]:
+        """One sample line, parsed: the common shape by one regular expression, any other
+        through the careful tokenizer (which also words the errors)."""
+        m = _TEXT_FAST.match(line)
         if m is not None:
             name, inner, value, ts = m.groups()
             if inner:
-                pairs = pairs_of(inner)
+                pairs = PAIR.findall(inner)
                 pairs.append((METRIC_NAME, name))
                 if len(dict(pairs)) != len(pairs):
                     raise duplicate_error(pairs, lineno, line)
                 if '=""' in inner:
                     pairs = [p for p in pairs if p[1]]
-                if name == norm_name:
-                    pairs = [(k, normalized_bound(v) if k == norm_label else v) for k, v in pairs]
+                if name == self.norm_name:
+                    norm = self.norm_label
+                    pairs = [(k, normalized_bound(v) if k == norm else v) for k, v in pairs]
                 pairs.sort()
                 labels = tuple(pairs)
             else:
                 labels = ((METRIC_NAME, name),)
         else:
             name, pairs, value, ts = _text_sample(line, lineno)
-            if name == norm_name:
-                pairs = [(k, normalized_bound(v) if k == norm_label else v) for k, v in pairs]
+            if name == self.norm_name:
+                norm = self.norm_label
+                pairs = [(k, normalized_bound(v) if k == norm else v) for k, v in pairs]
             labels = _labels(name, pairs, lineno, line)
         v = float(value)
         if v - v != 0.0 and value[-1] not in "fFyYnN":
             raise fail(lineno, f"value {value!r} out of range", line)
         if ts is None:
-            append((labels, v, None))
-        else:
-            stamp = ts.lstrip("0")
-            if len(stamp) > 19 or (stamp and int(stamp) > INT64_MAX):
-                raise fail(lineno, "timestamp out of int64 range", line)
-            append((labels, v, int(stamp) if stamp else 0))
-    metadata = {
-        name: MetricMetadata(type=types.get(name, MetricType.UNKNOWN), help=helps.get(name, ""))
-        for name in {**types, **helps}
-    }
-    return Exposition(samples=samples, metadata=metadata)
+            return labels, v, None
+        stamp = ts.lstrip("0")
+        if len(stamp) > 19 or (stamp and int(stamp) > INT64_MAX):
+            raise fail(lineno, "timestamp out of int64 range", line)
+        return labels, v, int(stamp) if stamp else 0
+
+    def metadata(self) -> dict[str, MetricMetadata]:
+        types, helps = self.types, self.helps
+        return {
+            name: MetricMetadata(type=types.get(name, MetricType.UNKNOWN), help=helps.get(name, ""))
+            for name in {**types, **helps}
+        }
+
+
+def _parse_text(text: str) -> Exposition:
+    state = TextState()
+    samples: list[tuple[Labels, float, int | None]] = []
+    append = samples.append
+    sample, is_sample = state.sample, state.is_sample
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        if (line[0] == "#" or line[0] in " \t") and not is_sample(line):
+            directive = state.directive(line, lineno)
+            if directive is not None:
+                state.apply(directive)
+            continue
+        append(sample(line, lineno))
+    return Exposition(samples=samples, metadata=state.metadata())
 
 
 def _text_type(arg: str, lineno: int, line: str) -> MetricType:

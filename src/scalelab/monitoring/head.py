@@ -103,12 +103,34 @@ class HeadAppender:
     def __init__(self, head: Head) -> None:
         self._head = head
         self._touched: dict[int, _Series] = {}
-        self._last: dict[int, tuple[int, float]] = {}
+        # newest sample per series in this transaction; two dicts, not one of (t, v) tuples:
+        # a tuple per sample lives until commit and keeps the cyclic GC busy
+        self._last_t: dict[int, int] = {}
+        self._last_v: dict[int, float] = {}
         self._refs: list[int] = []
         self._ts: list[int] = []
         self._vs: list[float] = []
 
     def append(self, labels: Labels, t: int, v: float) -> None:
+        self._append(self._head._by_labels.get(labels), labels, t, v)
+
+    def append_ref(self, ref: object, labels: Labels, t: int, v: float) -> object:
+        """`append`, for a caller that kept the ref an earlier append_ref of these labels
+        returned (or passes None): the series is not looked up by its labels, which is most
+        of an append's cost. A ref whose series was collected (or from another head) is
+        looked up again; the ref to keep is returned. As Prometheus's Append(ref, ...)."""
+        return self._append(ref if isinstance(ref, _Series) else None, labels, t, v)
+
+    def hold(self, refs: Iterable[object]) -> None:
+        """Pin, under one lock, the live series among refs (from append_ref) for this
+        transaction: a caller about to append to many known series (a scrape) spares
+        append_ref taking the head's lock once per series."""
+        touched = self._touched
+        wanted = [r for r in refs if isinstance(r, _Series) and touched.get(r.ref) is not r]
+        if wanted:
+            self._head._hold_many(wanted, touched)
+
+    def _append(self, s: _Series | None, labels: Labels, t: int, v: float) -> _Series:
         head = self._head
         if t < head._min_valid:
             head._count("out_of_bounds_samples")
@@ -116,15 +138,18 @@ class HeadAppender:
                 f"out of bounds: {format_labels(labels)} at {t} is older "
                 f"than the head's lower bound {head._min_valid}"
             )
-        s = head._by_labels.get(labels)
-        if s is None or s.ref not in self._touched:
+        if s is None or self._touched.get(s.ref) is not s:
             s = head._hold(labels, s)
             self._touched[s.ref] = s
-        prev = self._last.get(s.ref)
-        last_t, last_v = prev if prev is not None else (s.wal_t, s.wal_v)
+        ref = s.ref
+        last_t = self._last_t.get(ref)
+        if last_t is None:
+            last_t, last_v = s.wal_t, s.wal_v
+        else:
+            last_v = self._last_v[ref]
         if last_t is not None and t <= last_t:
             if t == last_t and _same(v, last_v):
-                return  # a duplicate of the newest sample: nothing to do, as in Prometheus
+                return s  # a duplicate of the newest sample: nothing to do, as in Prometheus
             head._count("out_of_order_samples")
             if t == last_t:
                 raise OutOfOrderSample(
@@ -135,10 +160,12 @@ class HeadAppender:
                 f"out of order sample: {format_labels(labels)} at {t} is "
                 f"older than its newest sample at {last_t}"
             )
-        self._last[s.ref] = (t, v)
-        self._refs.append(s.ref)
+        self._last_t[ref] = t
+        self._last_v[ref] = v
+        self._refs.append(ref)
         self._ts.append(t)
         self._vs.append(v)
+        return s
 
     def commit(self) -> None:
         try:
@@ -152,7 +179,8 @@ class HeadAppender:
 
     def _reset(self) -> None:
         touched = self._touched
-        self._touched, self._last, self._refs, self._ts, self._vs = {}, {}, [], [], []
+        self._touched, self._refs, self._ts, self._vs = {}, [], [], []
+        self._last_t, self._last_v = {}, {}
         self._head._release(touched.values())
 
 
@@ -225,6 +253,15 @@ class Head:
                 s = self._create(labels, check_limit=True)
             s.pending += 1
             return s
+
+    def _hold_many(self, series: list[_Series], touched: dict[int, _Series]) -> None:
+        """Pin those of `series` that are still alive into an appender's `touched`."""
+        with self._lock:
+            by_ref = self._by_ref
+            for s in series:
+                if by_ref.get(s.ref) is s and s.ref not in touched:
+                    s.pending += 1
+                    touched[s.ref] = s
 
     def _create(self, labels: Labels, *, check_limit: bool, ref: int | None = None) -> _Series:
         if check_limit:

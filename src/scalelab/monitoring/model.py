@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -237,6 +237,24 @@ class Appender(Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+
+@runtime_checkable
+class RefAppender(Appender, Protocol):
+    """An Appender that can also append by series ref, as Prometheus's Append(ref, ...) does:
+    a caller that appends the same series again and again (a scrape loop) keeps the opaque
+    ref it got back and so spares the storage finding the series by its label set."""
+
+    def append_ref(self, ref: object, labels: Labels, t: int, v: float) -> object:
+        """Append to the series `ref` names (None: find it by `labels`, which must be the
+        series' labels either way); returns the ref to pass next time."""
+        ...
+
+    def hold(self, refs: Iterable[object]) -> None:
+        """Reserve for this transaction the series of refs the caller is about to append
+        to (refs from append_ref; anything else is ignored). A speed-up only: doing nothing
+        is a correct implementation."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

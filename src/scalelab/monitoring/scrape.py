@@ -258,6 +258,7 @@ class ScrapeManager:
         accept_header: str = exposition.ACCEPT_HEADER,
         offset_seed: int = 0,
         run_blocking: RunBlocking = asyncio.to_thread,
+        line_cache: bool = True,
     ) -> None:
         self.counters = ScrapeCounters()
         self._config = config
@@ -270,6 +271,7 @@ class ScrapeManager:
             counters=self.counters,
             offset_seed=offset_seed,
             run_blocking=run_blocking,
+            line_cache=line_cache,
         )
         self._http_client_factory = http_client_factory
         self._pools: dict[str, ScrapePool] = {}

@@ -12,12 +12,17 @@ Counting follows Prometheus: `scrape_samples_scraped` is what the body held,
 limit, so the report says by how much it was exceeded), `scrape_series_added` the series that
 were not in the previous successful scrape. Duplicate (same series and timestamp) and
 out-of-order samples are counted and skipped; sample, label and series limits void the scrape.
+
+Per target, as Prometheus's scrapeCache: a known series line is not parsed again, only its
+value; its labels are relabelled and checked once; and its series is appended by the ref the
+storage returned last time (scrape_cache.py). `LoopDeps.line_cache=False` turns that off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,9 +31,18 @@ from typing import Any, Literal
 
 import httpx
 
-from scalelab.monitoring import errors, model
+from scalelab.monitoring import errors, exposition, model
 from scalelab.monitoring.discovery import TargetSpec
 from scalelab.monitoring.relabel import relabel
+from scalelab.monitoring.scrape_cache import (
+    CHECKED,
+    RELABELLED,
+    UNRESOLVED,
+    CachedLine,
+    LineCache,
+    ParsedScrape,
+    SeriesSlot,
+)
 from scalelab.monitoring.scrape_config import ScrapeConfig, format_duration
 
 log = logging.getLogger(__name__)
@@ -122,6 +136,13 @@ class LoopDeps:
     # runs parsing and commits off the event loop (asyncio.to_thread); tests on virtual time
     # run them inline
     run_blocking: RunBlocking
+    # False: parse every body in full and append by label set, as before the line cache and
+    # series refs (scrape_cache.py); what the tests check the fast path against
+    line_cache: bool = True
+
+
+# Stamps of append passes (SeriesSlot.stamp); global, since a reloaded loop takes slots over
+_PASSES = itertools.count(1)
 
 
 class _ScrapeFailed(Exception):
@@ -181,9 +202,11 @@ class ScrapeLoop:
         self.last_error = ""
         self.last_samples = 0
         self.metadata: dict[str, model.MetricMetadata] = {}
-        self._prev_tracked: set[model.Labels] = set()  # series to mark stale when they vanish
-        self._prev_seen: set[model.Labels] = set()  # series of the last scrape (series_added)
-        self._label_cache: dict[model.Labels, model.Labels | None] = {}
+        self._prev_tracked: set[SeriesSlot] = set()  # series to mark stale when they vanish
+        self._prev_seen: set[SeriesSlot] = set()  # series of the last scrape (series_added)
+        # one slot per series label set: the sets above compare slots by identity
+        self._slots: dict[model.Labels, SeriesSlot] = {}
+        self._lines = LineCache()  # series lines -> parsed, relabelled (per target and config)
         self._last_t = -(2**62)  # newest timestamp this loop wrote (ms)
         self._hash = _fnv1a([*(f"{k}={v}" for k, v in spec.labels), spec.url])
         self._report_labels = {
@@ -216,6 +239,7 @@ class ScrapeLoop:
         self.metadata = old.metadata
         self._prev_tracked = old._prev_tracked
         self._prev_seen = old._prev_seen
+        self._slots = dict(old._slots)  # not its line cache: that depends on the config
         self._last_t = old._last_t
 
     def next_scrape_time(self, now: float) -> float:
@@ -271,12 +295,13 @@ class ScrapeLoop:
         t_ms = max(round(start * 1000), self._last_t + 1)
         deps.counters.scrapes_total += 1
         error = ""
-        exposition: model.Exposition | None = None
+        parsed: ParsedScrape | None = None
         try:
             body, content_type = await self._fetch()
             # Parsing and the WAL's fdatasync run on worker threads: a big target or a slow
             # disk must not hold up other targets' scrapes and the API on the event loop.
-            exposition = await deps.run_blocking(deps.parse, body, content_type)
+            self._lines.validate((self.cfg, self.spec.labels))
+            parsed = await deps.run_blocking(self._parse, body, content_type)
         except asyncio.CancelledError:
             raise
         except errors.ParseError as exc:
@@ -292,10 +317,10 @@ class ScrapeLoop:
 
         app = deps.appender_factory()
         scraped = post = added = 0
-        cur_tracked: set[model.Labels] = set()
-        if exposition is not None:
+        cur_tracked: set[SeriesSlot] = set()
+        if parsed is not None:
             try:
-                scraped, post, added, cur_tracked = self._append_samples(app, exposition, t_ms)
+                scraped, post, added, cur_tracked = self._append_samples(app, parsed, t_ms)
             except Exception as exc:  # a limit, or the storage failing: nothing is kept
                 app.rollback()
                 app = deps.appender_factory()
@@ -308,8 +333,8 @@ class ScrapeLoop:
         self._prev_tracked = cur_tracked
         if error:
             added = 0
-        for labels in stale:
-            self._append_quietly(app, labels, t_ms, model.STALE_NAN)
+        for series in stale:
+            self._append_quietly(app, series.labels, t_ms, model.STALE_NAN)
         duration = max(0.0, deps.clock() - start)
         report = (0.0 if error else 1.0, duration, float(scraped), float(post), float(added))
         for name, value in zip(REPORT_SERIES, report, strict=True):
@@ -322,8 +347,8 @@ class ScrapeLoop:
         self._last_t = t_ms
         if error:
             deps.counters.failed_scrapes_total += 1
-        elif exposition is not None:
-            self.metadata = exposition.metadata
+        elif parsed is not None:
+            self.metadata = parsed.metadata
         self.health = "down" if error else "up"
         self.last_error, self.last_scrape, self.last_duration = error, start, duration
         self.last_samples = scraped
@@ -361,56 +386,95 @@ class ScrapeLoop:
             )
         return response.content, response.headers.get("content-type")
 
+    def _parse(self, body: bytes, content_type: str | None) -> ParsedScrape:
+        """The body's samples, each with its cached line (on a worker thread)."""
+        deps = self._deps
+        fast = deps.line_cache and deps.parse is exposition.parse
+        return self._lines.parse(body, content_type, deps.parse, fast=fast)
+
     def _append_samples(
-        self, app: model.Appender, exposition: model.Exposition, t_ms: int
-    ) -> tuple[int, int, int, set[model.Labels]]:
+        self, app: model.Appender, parsed: ParsedScrape, t_ms: int
+    ) -> tuple[int, int, int, set[SeriesSlot]]:
         """Append the scraped samples; returns (scraped, post-relabel, series added, tracked).
-        Raises _ScrapeFailed on a sample, label or series limit."""
+        Raises _ScrapeFailed on a sample, label or series limit.
+
+        A line is relabelled and checked against the label limits once, when first met; a
+        series is appended by the ref the storage gave it last time when the storage can."""
         cfg, counters = self.cfg, self._deps.counters
-        limit = cfg.sample_limit
-        scraped = post = added = 0
-        tracked: set[model.Labels] = set()
-        seen_series: set[model.Labels] = set()
-        seen_samples: set[tuple[model.Labels, int]] = set()
-        old_cache = self._label_cache
-        cache: dict[model.Labels, model.Labels | None] = {}
-        for raw, value, ts in exposition.samples:
+        limit, honor = cfg.sample_limit, cfg.honor_timestamps
+        by_ref = None
+        if self._deps.line_cache and isinstance(app, model.RefAppender):
+            by_ref = app.append_ref
+            app.hold([s.ref for s in self._slots.values() if s.ref is not None])
+        stamp = next(_PASSES)
+        scraped = post = added = reached = 0
+        # series appended to, and those of them without explicit timestamps, listed once
+        # each (a slot's stamps say whether it already is): cheaper than adding to sets
+        seen_series: list[SeriesSlot] = []
+        tracked: list[SeriesSlot] = []
+        prev_seen = self._prev_seen
+        later: set[tuple[SeriesSlot, int]] = set()  # (series, t) but its first in this scrape
+        unresolved, checked = UNRESOLVED, CHECKED
+        for line, value, ts in zip(parsed.lines, parsed.values, parsed.stamps, strict=True):
             scraped += 1
-            if raw in cache:
-                lset = cache[raw]
-            else:
-                lset = old_cache[raw] if raw in old_cache else self._mutate(raw)
-                cache[raw] = lset
-            if lset is None:
+            if line.state == unresolved:
+                self._resolve(line)
+            series = line.series
+            if series is None:
                 continue
             post += 1
             if limit and post > limit:
                 continue  # keep counting, so the report says how many there were
-            self._check_labels(lset, scraped, post)
-            explicit = cfg.honor_timestamps and ts is not None
+            if line.state != checked:
+                self._check_labels(series.labels, scraped, post)
+                line.state = checked
+            explicit = honor and ts is not None
             t = ts if explicit and ts is not None else t_ms
-            if (lset, t) in seen_samples:
+            if series.stamp != stamp:  # its first sample in this scrape
+                series.stamp, series.t = stamp, t
+                reached += 1
+            elif t == series.t or (series, t) in later:
                 counters.sample_duplicate_timestamp_total += 1
                 continue
-            seen_samples.add((lset, t))
+            else:
+                later.add((series, t))
             try:
-                app.append(lset, t, value)
+                if by_ref is None:
+                    app.append(series.labels, t, value)
+                else:
+                    series.ref = by_ref(series.ref, series.labels, t, value)
             except errors.OutOfOrderSample:
                 counters.sample_out_of_order_total += 1
                 continue
             except errors.LimitExceeded as exc:
                 counters.exceeded_series_limit_total += 1
                 raise _ScrapeFailed(f"series limit exceeded: {exc}", scraped, post) from None
-            if lset not in seen_series:
-                seen_series.add(lset)
-                added += lset not in self._prev_seen
-            if not explicit:
-                tracked.add(lset)
+            if series.seen != stamp:
+                series.seen = stamp
+                seen_series.append(series)
+                added += series not in prev_seen
+            if not explicit and series.tracked != stamp:
+                series.tracked = stamp
+                tracked.append(series)
         if limit and post > limit:
             counters.exceeded_sample_limit_total += 1
             raise _ScrapeFailed(f"sample limit exceeded (limit {limit}, got {post})", scraped, post)
-        self._label_cache, self._prev_seen = cache, seen_series
-        return scraped, post, added, tracked
+        self._prev_seen = set(seen_series)
+        if len(self._slots) > reached:  # some series are no longer scraped: forget them
+            slots = self._slots
+            for lset in [lset for lset, s in slots.items() if s.stamp != stamp]:
+                del slots[lset]
+        return scraped, post, added, set(tracked)
+
+    def _resolve(self, line: CachedLine) -> None:
+        """Relabel a line once; lines that end up with one label set share its slot."""
+        lset = self._mutate(line.raw)
+        if lset is not None:
+            series = self._slots.get(lset)
+            if series is None:
+                series = self._slots[lset] = SeriesSlot(lset)
+            line.series = series
+        line.state = RELABELLED
 
     def _mutate(self, raw: model.Labels) -> model.Labels | None:
         merged = _merge_target_labels(raw, self.spec.labels, self.cfg.honor_labels)
@@ -447,7 +511,7 @@ class ScrapeLoop:
         """The target is gone: its scraped series and its report series end here."""
         t_ms = max(round(self._deps.clock() * 1000), self._last_t + 1)
         app = self._deps.appender_factory()
-        for labels in [*self._prev_tracked, *self._report_labels.values()]:
+        for labels in [*(s.labels for s in self._prev_tracked), *self._report_labels.values()]:
             self._append_quietly(app, labels, t_ms, model.STALE_NAN)
         try:
             app.commit()
